@@ -1,0 +1,350 @@
+//! The durable backend: fjall for records and small blocks, content-addressed files for large
+//! blocks.
+//!
+//! Why large blocks are files and not fjall values: fjall writes every value to its journal
+//! first and again when the memtable flushes (into a blob file with key-value separation), so
+//! each block byte would hit the disk at least twice and PUT throughput would be capped near
+//! half the disk's bandwidth. A block file is written once, fsynced, renamed into place and
+//! its directory fsynced, so it is durable when `put_block` returns and its bytes cross the
+//! disk once. Small blocks (up to [`INLINE_BLOCK_BYTES_MAX`]) stay in fjall, where they share
+//! the journal's group-committed fsync with the record that names them.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{
+    BlockHash, DirRecord, FileRecord, GroupCommit, RecordUpdate, Store, StoreError, Usage,
+};
+
+/// Blocks up to this size live in fjall; larger ones are files.
+pub const INLINE_BLOCK_BYTES_MAX: usize = 64 * 1024;
+
+/// A stored record larger than this is treated as corrupt instead of being allocated. A file
+/// record lists 32 bytes per block, so this allows files of 2 million blocks (2 TiB at 1 MiB).
+const RECORD_BYTES_MAX: usize = 64 << 20;
+
+type RecordConfig = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<RECORD_BYTES_MAX>,
+>;
+
+fn record_config() -> RecordConfig {
+    bincode::config::standard().with_limit::<RECORD_BYTES_MAX>()
+}
+
+/// Settings of a [`FjallStore`].
+#[derive(Clone, Debug)]
+pub struct FjallStoreConfig {
+    /// The data directory; created if missing.
+    pub path: PathBuf,
+    /// Free disk space kept in reserve: a write that would leave less is refused with
+    /// [`StoreError::Full`], so deletes (tombstones) and fjall's own compactions still have
+    /// room. 64 MiB is a sensible minimum.
+    pub disk_reserve_bytes: u64,
+    /// Upper bound on the bytes this store may use, or `None` for the whole disk.
+    pub capacity_bytes: Option<u64>,
+    /// fjall's block cache in bytes.
+    pub cache_bytes: u64,
+}
+
+impl FjallStoreConfig {
+    /// Defaults for a data directory: 64 MiB reserve, no capacity cap, 64 MiB cache.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            disk_reserve_bytes: 64 << 20,
+            capacity_bytes: None,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The durable [`Store`]. See the module doc for the layout.
+pub struct FjallStore {
+    config: FjallStoreConfig,
+    db: Database,
+    files: Keyspace,
+    dirs: Keyspace,
+    small_blocks: Keyspace,
+    block_dir: PathBuf,
+    tmp_dir: PathBuf,
+    commit: GroupCommit,
+    /// Serialises read-merge-write of records, so two merges of one key never lose either.
+    merge_lock: Mutex<()>,
+    /// Bytes in block files, counted at open and kept up to date.
+    block_file_bytes: AtomicU64,
+    tmp_counter: AtomicU64,
+}
+
+impl FjallStore {
+    /// Opens (or creates) the store. Leftover temporary block files from a crash are removed:
+    /// no record can name them, because a block is renamed into place before any record that
+    /// names it is written.
+    pub fn open(config: FjallStoreConfig) -> Result<Self, StoreError> {
+        fs::create_dir_all(&config.path)?;
+        let db = Database::builder(config.path.join("db"))
+            .cache_size(config.cache_bytes)
+            .open()?;
+        let files = db.keyspace("files", KeyspaceCreateOptions::default)?;
+        let dirs = db.keyspace("dirs", KeyspaceCreateOptions::default)?;
+        let small_blocks = db.keyspace("blocks", KeyspaceCreateOptions::default)?;
+
+        let block_dir = config.path.join("blocks");
+        let tmp_dir = block_dir.join("tmp");
+        if tmp_dir.exists() {
+            fs::remove_dir_all(&tmp_dir)?;
+        }
+        fs::create_dir_all(&tmp_dir)?;
+        // All 256 shard directories exist from the start, so writing a block never creates a
+        // directory whose own entry would need another fsync.
+        let mut block_file_bytes = 0;
+        for shard in 0..=255u8 {
+            let shard_dir = block_dir.join(format!("{shard:02x}"));
+            fs::create_dir_all(&shard_dir)?;
+            for entry in fs::read_dir(&shard_dir)? {
+                block_file_bytes += entry?.metadata()?.len();
+            }
+        }
+        sync_dir(&block_dir)?;
+        sync_dir(&config.path)?;
+
+        Ok(Self {
+            config,
+            db,
+            files,
+            dirs,
+            small_blocks,
+            block_dir,
+            tmp_dir,
+            commit: GroupCommit::new(),
+            merge_lock: Mutex::new(()),
+            block_file_bytes: AtomicU64::new(block_file_bytes),
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.config.path
+    }
+
+    fn block_path(&self, hash: &BlockHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.block_dir.join(&hex[..2]).join(hex)
+    }
+
+    fn put_block_file(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.block_path(hash);
+        if fs::metadata(&path).is_ok_and(|meta| meta.len() == bytes.len() as u64) {
+            return Ok(()); // content-addressed: the same name holds the same bytes
+        }
+        self.ensure_room(bytes.len() as u64)?;
+        let tmp = self.tmp_dir.join(format!(
+            "{}.{}",
+            hash.to_hex(),
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = (|| -> io::Result<()> {
+            let mut file = File::create(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_data()?;
+            fs::rename(&tmp, &path)?;
+            sync_dir(path.parent().unwrap_or(&self.block_dir))
+        })();
+        if let Err(err) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::from_io(err));
+        }
+        self.block_file_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Replaces a small block's stored bytes without checking them, as bit rot would. Only for
+    /// tests of read verification; nothing in the node calls it.
+    #[doc(hidden)]
+    pub fn overwrite_small_block_for_tests(&self, hash: &BlockHash, bytes: &[u8]) {
+        let _ = self.small_blocks.insert(hash.0, bytes);
+    }
+
+    fn get_record<T: DeserializeOwned>(
+        &self,
+        keyspace: &Keyspace,
+        what: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        keyspace
+            .get(key)?
+            .map(|bytes| decode(what, &bytes))
+            .transpose()
+    }
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    let (value, used) =
+        bincode::serde::decode_from_slice::<T, _>(bytes, record_config()).map_err(|err| {
+            StoreError::Decode {
+                what,
+                detail: err.to_string(),
+            }
+        })?;
+    if used != bytes.len() {
+        return Err(StoreError::Decode {
+            what,
+            detail: format!("{} trailing bytes", bytes.len() - used),
+        });
+    }
+    Ok(value)
+}
+
+fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
+    bincode::serde::encode_to_vec(value, record_config()).map_err(|err| StoreError::Decode {
+        what,
+        detail: err.to_string(),
+    })
+}
+
+fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+impl Store for FjallStore {
+    fn put_block(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError> {
+        if !hash.matches(bytes) {
+            return Err(StoreError::HashMismatch(*hash));
+        }
+        if bytes.len() > INLINE_BLOCK_BYTES_MAX {
+            return self.put_block_file(hash, bytes);
+        }
+        if self.small_blocks.contains_key(hash.0)? {
+            return Ok(());
+        }
+        self.ensure_room(bytes.len() as u64)?;
+        self.small_blocks.insert(hash.0, bytes)?;
+        Ok(())
+    }
+
+    fn get_block(&self, hash: &BlockHash) -> Result<Option<Bytes>, StoreError> {
+        let bytes = match self.small_blocks.get(hash.0)? {
+            Some(slice) => Bytes::copy_from_slice(&slice),
+            None => match fs::read(self.block_path(hash)) {
+                Ok(bytes) => Bytes::from(bytes),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(err) => return Err(err.into()),
+            },
+        };
+        if !hash.matches(&bytes) {
+            return Err(StoreError::Corrupt(*hash));
+        }
+        Ok(Some(bytes))
+    }
+
+    fn has_block(&self, hash: &BlockHash) -> Result<bool, StoreError> {
+        Ok(self.small_blocks.contains_key(hash.0)? || self.block_path(hash).exists())
+    }
+
+    fn delete_block(&self, hash: &BlockHash) -> Result<(), StoreError> {
+        self.small_blocks.remove(hash.0)?;
+        let path = self.block_path(hash);
+        match fs::metadata(&path) {
+            Ok(meta) => {
+                fs::remove_file(&path)?;
+                self.block_file_bytes
+                    .fetch_sub(meta.len(), Ordering::Relaxed);
+                Ok(())
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    fn get_file(&self, path: &str) -> Result<Option<FileRecord>, StoreError> {
+        self.get_record(&self.files, "file", path)
+    }
+
+    fn get_dir(&self, path: &str) -> Result<Option<DirRecord>, StoreError> {
+        self.get_record(&self.dirs, "directory", path)
+    }
+
+    fn merge_records(&self, updates: &[RecordUpdate]) -> Result<(), StoreError> {
+        let _guard = self
+            .merge_lock
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let mut batch = self.db.batch();
+        // Two updates of one key in the same call must see each other, not the stored value.
+        let mut files_seen: std::collections::HashMap<&str, FileRecord> = Default::default();
+        let mut dirs_seen: std::collections::HashMap<&str, DirRecord> = Default::default();
+        for update in updates {
+            match update {
+                RecordUpdate::File(path, record) => {
+                    let merged = match files_seen.remove(path.as_str()) {
+                        Some(seen) => seen.merge(record.clone()),
+                        None => match self.get_file(path)? {
+                            Some(stored) => stored.merge(record.clone()),
+                            None => record.clone(),
+                        },
+                    };
+                    batch.insert(&self.files, path.as_str(), encode("file", &merged)?);
+                    files_seen.insert(path, merged);
+                }
+                RecordUpdate::Dir(path, record) => {
+                    let merged = match dirs_seen.remove(path.as_str()) {
+                        Some(seen) => seen.merge(record.clone()),
+                        None => match self.get_dir(path)? {
+                            Some(stored) => stored.merge(record.clone()),
+                            None => record.clone(),
+                        },
+                    };
+                    batch.insert(&self.dirs, path.as_str(), encode("directory", &merged)?);
+                    dirs_seen.insert(path, merged);
+                }
+            }
+        }
+        batch.commit()?;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        // Block files are already durable (fsynced in put_block); the journal holds the rest.
+        self.commit
+            .sync(|| Ok(self.db.persist(PersistMode::SyncAll)?))
+    }
+
+    fn ensure_room(&self, bytes: u64) -> Result<(), StoreError> {
+        let usage = self.usage()?;
+        if bytes > usage.available_bytes {
+            return Err(StoreError::Full {
+                needed_bytes: bytes,
+                available_bytes: usage.available_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn usage(&self) -> Result<Usage, StoreError> {
+        // Block files plus the keyspaces' tables. fjall's journal is left out: it is
+        // preallocated while open (64 MiB that vanish on reopen) and bounded by fjall itself.
+        let tables =
+            self.files.disk_space() + self.dirs.disk_space() + self.small_blocks.disk_space();
+        let used_bytes = self.block_file_bytes.load(Ordering::Relaxed) + tables;
+        let free = fs4::available_space(&self.config.path)?;
+        let mut available_bytes = free.saturating_sub(self.config.disk_reserve_bytes);
+        if let Some(capacity) = self.config.capacity_bytes {
+            available_bytes = available_bytes.min(capacity.saturating_sub(used_bytes));
+        }
+        Ok(Usage {
+            used_bytes,
+            available_bytes,
+        })
+    }
+}

@@ -1,0 +1,260 @@
+//! The simulator's backend: in memory, with a crash model.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::{
+    BlockHash, DirRecord, FileRecord, GroupCommit, RecordUpdate, Store, StoreError, Usage,
+};
+
+/// An in-memory [`Store`] whose [`crash`](MemStore::crash) loses every write not yet synced,
+/// the way a power cut loses what was only in OS buffers. Writes become durable in the order
+/// they were made, as with the fjall backend's journal.
+pub struct MemStore {
+    state: Mutex<State>,
+    commit: GroupCommit,
+    capacity_bytes: u64,
+}
+
+#[derive(Clone, Default)]
+struct Tables {
+    blocks: BTreeMap<BlockHash, Bytes>,
+    files: BTreeMap<String, FileRecord>,
+    dirs: BTreeMap<String, DirRecord>,
+}
+
+impl Tables {
+    fn used_bytes(&self) -> u64 {
+        self.blocks.values().map(|block| block.len() as u64).sum()
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::PutBlock(hash, bytes) => {
+                self.blocks.insert(hash, bytes);
+            }
+            Op::DeleteBlock(hash) => {
+                self.blocks.remove(&hash);
+            }
+            Op::File(path, record) => {
+                self.files.insert(path, record);
+            }
+            Op::Dir(path, record) => {
+                self.dirs.insert(path, record);
+            }
+        }
+    }
+}
+
+/// One write, as it will reach the durable state on the next sync. Records carry the merged
+/// value, so replaying them in order reproduces the visible state.
+#[derive(Clone)]
+enum Op {
+    PutBlock(BlockHash, Bytes),
+    DeleteBlock(BlockHash),
+    File(String, FileRecord),
+    Dir(String, DirRecord),
+}
+
+#[derive(Default)]
+struct State {
+    visible: Tables,
+    durable: Tables,
+    unsynced: Vec<Op>,
+    block_bytes: u64,
+}
+
+impl MemStore {
+    /// An empty store with room for `capacity_bytes` of blocks.
+    pub fn new(capacity_bytes: u64) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            commit: GroupCommit::new(),
+            capacity_bytes,
+        }
+    }
+
+    /// Simulates a power cut and restart: every write since the last completed sync is lost.
+    pub fn crash(&self) {
+        let mut state = self.lock();
+        state.unsynced.clear();
+        state.visible = state.durable.clone();
+        state.block_bytes = state.visible.used_bytes();
+    }
+
+    /// Flips one byte of a stored block (visible and durable), as bit rot would.
+    pub fn corrupt_block(&self, hash: &BlockHash) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        for tables in [&mut state.visible, &mut state.durable] {
+            if let Some(block) = tables.blocks.get_mut(hash) {
+                let mut bytes = block.to_vec();
+                if let Some(first) = bytes.first_mut() {
+                    *first ^= 0xff;
+                }
+                *block = Bytes::from(bytes);
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every mutation below completes or does nothing before a panic could occur.
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn write(state: &mut State, op: Op) {
+        state.visible.apply(op.clone());
+        state.unsynced.push(op);
+    }
+}
+
+impl Store for MemStore {
+    fn put_block(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError> {
+        if !hash.matches(bytes) {
+            return Err(StoreError::HashMismatch(*hash));
+        }
+        let mut state = self.lock();
+        if state.visible.blocks.contains_key(hash) {
+            return Ok(());
+        }
+        let available_bytes = self.capacity_bytes.saturating_sub(state.block_bytes);
+        if bytes.len() as u64 > available_bytes {
+            return Err(StoreError::Full {
+                needed_bytes: bytes.len() as u64,
+                available_bytes,
+            });
+        }
+        state.block_bytes += bytes.len() as u64;
+        Self::write(
+            &mut state,
+            Op::PutBlock(*hash, Bytes::copy_from_slice(bytes)),
+        );
+        Ok(())
+    }
+
+    fn get_block(&self, hash: &BlockHash) -> Result<Option<Bytes>, StoreError> {
+        let state = self.lock();
+        match state.visible.blocks.get(hash) {
+            Some(bytes) if !hash.matches(bytes) => Err(StoreError::Corrupt(*hash)),
+            found => Ok(found.cloned()),
+        }
+    }
+
+    fn has_block(&self, hash: &BlockHash) -> Result<bool, StoreError> {
+        Ok(self.lock().visible.blocks.contains_key(hash))
+    }
+
+    fn delete_block(&self, hash: &BlockHash) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if let Some(bytes) = state.visible.blocks.get(hash) {
+            state.block_bytes -= bytes.len() as u64;
+            Self::write(&mut state, Op::DeleteBlock(*hash));
+        }
+        Ok(())
+    }
+
+    fn get_file(&self, path: &str) -> Result<Option<FileRecord>, StoreError> {
+        Ok(self.lock().visible.files.get(path).cloned())
+    }
+
+    fn get_dir(&self, path: &str) -> Result<Option<DirRecord>, StoreError> {
+        Ok(self.lock().visible.dirs.get(path).cloned())
+    }
+
+    fn merge_records(&self, updates: &[RecordUpdate]) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        for update in updates {
+            let op = match update {
+                RecordUpdate::File(path, record) => {
+                    let merged = match state.visible.files.get(path) {
+                        Some(stored) => stored.clone().merge(record.clone()),
+                        None => record.clone(),
+                    };
+                    Op::File(path.clone(), merged)
+                }
+                RecordUpdate::Dir(path, record) => {
+                    let merged = match state.visible.dirs.get(path) {
+                        Some(stored) => stored.clone().merge(record.clone()),
+                        None => record.clone(),
+                    };
+                    Op::Dir(path.clone(), merged)
+                }
+            };
+            Self::write(&mut state, op);
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.commit.sync(|| {
+            let mut state = self.lock();
+            let ops = std::mem::take(&mut state.unsynced);
+            for op in ops {
+                state.durable.apply(op);
+            }
+            Ok(())
+        })
+    }
+
+    fn ensure_room(&self, bytes: u64) -> Result<(), StoreError> {
+        let available_bytes = self.capacity_bytes.saturating_sub(self.lock().block_bytes);
+        if bytes > available_bytes {
+            return Err(StoreError::Full {
+                needed_bytes: bytes,
+                available_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn usage(&self) -> Result<Usage, StoreError> {
+        let used_bytes = self.lock().block_bytes;
+        Ok(Usage {
+            used_bytes,
+            available_bytes: self.capacity_bytes.saturating_sub(used_bytes),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NodeId, Version};
+
+    fn tombstone(hlc: u64) -> FileRecord {
+        FileRecord {
+            version: Version {
+                hlc,
+                node: NodeId(1),
+            },
+            meta: None,
+        }
+    }
+
+    #[test]
+    fn a_crash_loses_unsynced_writes_and_keeps_synced_ones() {
+        let store = MemStore::new(1 << 20);
+        let synced = BlockHash::of(b"synced");
+        store.put_block(&synced, b"synced").expect("put");
+        store
+            .merge_records(&[RecordUpdate::File("/a".into(), tombstone(1))])
+            .expect("merge");
+        store.sync().expect("sync");
+        let lost = BlockHash::of(b"lost");
+        store.put_block(&lost, b"lost").expect("put");
+        store
+            .merge_records(&[RecordUpdate::File("/a".into(), tombstone(2))])
+            .expect("merge");
+
+        store.crash();
+
+        assert!(store.has_block(&synced).expect("has"));
+        assert!(!store.has_block(&lost).expect("has"));
+        assert_eq!(store.get_file("/a").expect("get"), Some(tombstone(1)));
+        assert_eq!(store.usage().expect("usage").used_bytes, 6);
+    }
+}

@@ -1,0 +1,67 @@
+//! The `Store` trait: the one door between the node core and local storage.
+
+use bytes::Bytes;
+
+use crate::{BlockHash, DirRecord, FileRecord, StoreError};
+
+/// A record write, merged into whatever the store already holds for that key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordUpdate {
+    /// Merge into the file record at this path.
+    File(String, FileRecord),
+    /// Merge into the directory record at this path.
+    Dir(String, DirRecord),
+}
+
+/// How much the store holds and how much room is left.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes used by blocks and records.
+    pub used_bytes: u64,
+    /// Bytes still available for data (free disk space above the reserve, or what is left of
+    /// the configured capacity, whichever is smaller).
+    pub available_bytes: u64,
+}
+
+/// Local storage of one node. Synchronous: callers off the async runtime (fjall blocks).
+///
+/// Durability is explicit. Writes (`put_block`, `merge_records`) are visible at once; they are
+/// durable after a later [`sync`](Store::sync) returns. Durability is ordered: when a write is
+/// durable, so is every write that returned before it started. A node therefore writes blocks,
+/// then the record that names them, then syncs, then acknowledges; after a crash a record is
+/// never present without its blocks.
+pub trait Store: Send + Sync + 'static {
+    /// Stores a block under `hash`. Returns [`StoreError::HashMismatch`] and stores nothing if
+    /// the bytes are not that block; [`StoreError::Full`] and stores nothing if there is no
+    /// room. Storing a block that is already present is a no-op.
+    fn put_block(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError>;
+
+    /// Reads a block, verified against its name: corrupt bytes give
+    /// [`StoreError::Corrupt`], never data.
+    fn get_block(&self, hash: &BlockHash) -> Result<Option<Bytes>, StoreError>;
+
+    /// Whether a block is present (not verified).
+    fn has_block(&self, hash: &BlockHash) -> Result<bool, StoreError>;
+
+    /// Removes a block; absent blocks are fine.
+    fn delete_block(&self, hash: &BlockHash) -> Result<(), StoreError>;
+
+    /// Reads a file record, tombstones included.
+    fn get_file(&self, path: &str) -> Result<Option<FileRecord>, StoreError>;
+
+    /// Reads a directory record.
+    fn get_dir(&self, path: &str) -> Result<Option<DirRecord>, StoreError>;
+
+    /// Merges all updates atomically (all or none become visible, and durable, together).
+    fn merge_records(&self, updates: &[RecordUpdate]) -> Result<(), StoreError>;
+
+    /// Makes every write that returned before this call durable. Concurrent callers share
+    /// one fsync (group commit). After a failed fsync the store is poisoned.
+    fn sync(&self) -> Result<(), StoreError>;
+
+    /// Fails with [`StoreError::Full`] unless `bytes` more can be written.
+    fn ensure_room(&self, bytes: u64) -> Result<(), StoreError>;
+
+    /// Space used and left.
+    fn usage(&self) -> Result<Usage, StoreError>;
+}
