@@ -1,1 +1,5 @@
-//! placeholder
+//! The Shoal node: the sans-IO core, the tokio driver with its HTTP API, the HTTP client, and
+//! the `shoal` command line (ARCHITECTURE §1).
+#![forbid(unsafe_code)]
+
+pub mod core;

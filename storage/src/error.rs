@@ -8,9 +8,7 @@ use crate::BlockHash;
 pub enum StoreError {
     /// The disk (or the configured capacity) has no room for the write. Nothing was written;
     /// reads and deletes keep working.
-    #[error(
-        "disk full: {needed_bytes} bytes needed, {available_bytes} available above the reserve"
-    )]
+    #[error("disk full: {needed_bytes} bytes needed, {available_bytes} available above the reserve")]
     Full {
         /// Bytes the refused write needed.
         needed_bytes: u64,
@@ -58,13 +56,8 @@ impl From<fjall::Error> for StoreError {
 impl StoreError {
     /// Maps "no space left" to [`StoreError::Full`], everything else to [`StoreError::Io`].
     pub(crate) fn from_io(err: std::io::Error) -> Self {
-        if err.kind() == std::io::ErrorKind::StorageFull
-            || err.kind() == std::io::ErrorKind::QuotaExceeded
-        {
-            StoreError::Full {
-                needed_bytes: 0,
-                available_bytes: 0,
-            }
+        if err.kind() == std::io::ErrorKind::StorageFull || err.kind() == std::io::ErrorKind::QuotaExceeded {
+            StoreError::Full { needed_bytes: 0, available_bytes: 0 }
         } else {
             StoreError::Io(err)
         }

@@ -20,9 +20,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{
-    BlockHash, DirRecord, FileRecord, GroupCommit, RecordUpdate, Store, StoreError, Usage,
-};
+use crate::{BlockHash, DirRecord, FileRecord, GroupCommit, RecordUpdate, Store, StoreError, Usage};
 
 /// Blocks up to this size live in fjall; larger ones are files.
 pub const INLINE_BLOCK_BYTES_MAX: usize = 64 * 1024;
@@ -59,12 +57,7 @@ pub struct FjallStoreConfig {
 impl FjallStoreConfig {
     /// Defaults for a data directory: 64 MiB reserve, no capacity cap, 64 MiB cache.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self {
-            path: path.into(),
-            disk_reserve_bytes: 64 << 20,
-            capacity_bytes: None,
-            cache_bytes: 64 << 20,
-        }
+        Self { path: path.into(), disk_reserve_bytes: 64 << 20, capacity_bytes: None, cache_bytes: 64 << 20 }
     }
 }
 
@@ -91,9 +84,7 @@ impl FjallStore {
     /// names it is written.
     pub fn open(config: FjallStoreConfig) -> Result<Self, StoreError> {
         fs::create_dir_all(&config.path)?;
-        let db = Database::builder(config.path.join("db"))
-            .cache_size(config.cache_bytes)
-            .open()?;
+        let db = Database::builder(config.path.join("db")).cache_size(config.cache_bytes).open()?;
         let files = db.keyspace("files", KeyspaceCreateOptions::default)?;
         let dirs = db.keyspace("dirs", KeyspaceCreateOptions::default)?;
         let small_blocks = db.keyspace("blocks", KeyspaceCreateOptions::default)?;
@@ -148,11 +139,7 @@ impl FjallStore {
             return Ok(()); // content-addressed: the same name holds the same bytes
         }
         self.ensure_room(bytes.len() as u64)?;
-        let tmp = self.tmp_dir.join(format!(
-            "{}.{}",
-            hash.to_hex(),
-            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
-        ));
+        let tmp = self.tmp_dir.join(format!("{}.{}", hash.to_hex(), self.tmp_counter.fetch_add(1, Ordering::Relaxed)));
         let written = (|| -> io::Result<()> {
             let mut file = File::create(&tmp)?;
             file.write_all(bytes)?;
@@ -164,8 +151,7 @@ impl FjallStore {
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::from_io(err));
         }
-        self.block_file_bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.block_file_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -182,35 +168,22 @@ impl FjallStore {
         what: &'static str,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        keyspace
-            .get(key)?
-            .map(|bytes| decode(what, &bytes))
-            .transpose()
+        keyspace.get(key)?.map(|bytes| decode(what, &bytes)).transpose()
     }
 }
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    let (value, used) =
-        bincode::serde::decode_from_slice::<T, _>(bytes, record_config()).map_err(|err| {
-            StoreError::Decode {
-                what,
-                detail: err.to_string(),
-            }
-        })?;
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, record_config())
+        .map_err(|err| StoreError::Decode { what, detail: err.to_string() })?;
     if used != bytes.len() {
-        return Err(StoreError::Decode {
-            what,
-            detail: format!("{} trailing bytes", bytes.len() - used),
-        });
+        return Err(StoreError::Decode { what, detail: format!("{} trailing bytes", bytes.len() - used) });
     }
     Ok(value)
 }
 
 fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
-    bincode::serde::encode_to_vec(value, record_config()).map_err(|err| StoreError::Decode {
-        what,
-        detail: err.to_string(),
-    })
+    bincode::serde::encode_to_vec(value, record_config())
+        .map_err(|err| StoreError::Decode { what, detail: err.to_string() })
 }
 
 fn sync_dir(path: &Path) -> io::Result<()> {
@@ -258,8 +231,7 @@ impl Store for FjallStore {
         match fs::metadata(&path) {
             Ok(meta) => {
                 fs::remove_file(&path)?;
-                self.block_file_bytes
-                    .fetch_sub(meta.len(), Ordering::Relaxed);
+                self.block_file_bytes.fetch_sub(meta.len(), Ordering::Relaxed);
                 Ok(())
             }
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -276,10 +248,7 @@ impl Store for FjallStore {
     }
 
     fn merge_records(&self, updates: &[RecordUpdate]) -> Result<(), StoreError> {
-        let _guard = self
-            .merge_lock
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let _guard = self.merge_lock.lock().unwrap_or_else(|poison| poison.into_inner());
         let mut batch = self.db.batch();
         // Two updates of one key in the same call must see each other, not the stored value.
         let mut files_seen: std::collections::HashMap<&str, FileRecord> = Default::default();
@@ -316,17 +285,13 @@ impl Store for FjallStore {
 
     fn sync(&self) -> Result<(), StoreError> {
         // Block files are already durable (fsynced in put_block); the journal holds the rest.
-        self.commit
-            .sync(|| Ok(self.db.persist(PersistMode::SyncAll)?))
+        self.commit.sync(|| Ok(self.db.persist(PersistMode::SyncAll)?))
     }
 
     fn ensure_room(&self, bytes: u64) -> Result<(), StoreError> {
         let usage = self.usage()?;
         if bytes > usage.available_bytes {
-            return Err(StoreError::Full {
-                needed_bytes: bytes,
-                available_bytes: usage.available_bytes,
-            });
+            return Err(StoreError::Full { needed_bytes: bytes, available_bytes: usage.available_bytes });
         }
         Ok(())
     }
@@ -334,17 +299,13 @@ impl Store for FjallStore {
     fn usage(&self) -> Result<Usage, StoreError> {
         // Block files plus the keyspaces' tables. fjall's journal is left out: it is
         // preallocated while open (64 MiB that vanish on reopen) and bounded by fjall itself.
-        let tables =
-            self.files.disk_space() + self.dirs.disk_space() + self.small_blocks.disk_space();
+        let tables = self.files.disk_space() + self.dirs.disk_space() + self.small_blocks.disk_space();
         let used_bytes = self.block_file_bytes.load(Ordering::Relaxed) + tables;
         let free = fs4::available_space(&self.config.path)?;
         let mut available_bytes = free.saturating_sub(self.config.disk_reserve_bytes);
         if let Some(capacity) = self.config.capacity_bytes {
             available_bytes = available_bytes.min(capacity.saturating_sub(used_bytes));
         }
-        Ok(Usage {
-            used_bytes,
-            available_bytes,
-        })
+        Ok(Usage { used_bytes, available_bytes })
     }
 }

@@ -47,10 +47,7 @@ impl GroupCommit {
                 return Ok(());
             }
             if state.syncing {
-                state = self
-                    .synced
-                    .wait(state)
-                    .unwrap_or_else(|poison| poison.into_inner());
+                state = self.synced.wait(state).unwrap_or_else(|poison| poison.into_inner());
                 continue;
             }
             state.syncing = true;
@@ -76,9 +73,7 @@ impl GroupCommit {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state stays consistent across a panic (only plain fields), so a poisoned mutex
         // is safe to keep using.
-        self.state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 }
 

@@ -5,9 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use crate::{
-    BlockHash, DirRecord, FileRecord, GroupCommit, RecordUpdate, Store, StoreError, Usage,
-};
+use crate::{BlockHash, DirRecord, FileRecord, GroupCommit, RecordUpdate, Store, StoreError, Usage};
 
 /// An in-memory [`Store`] whose [`crash`](MemStore::crash) loses every write not yet synced,
 /// the way a power cut loses what was only in OS buffers. Writes become durable in the order
@@ -69,11 +67,7 @@ struct State {
 impl MemStore {
     /// An empty store with room for `capacity_bytes` of blocks.
     pub fn new(capacity_bytes: u64) -> Self {
-        Self {
-            state: Mutex::new(State::default()),
-            commit: GroupCommit::new(),
-            capacity_bytes,
-        }
+        Self { state: Mutex::new(State::default()), commit: GroupCommit::new(), capacity_bytes }
     }
 
     /// Simulates a power cut and restart: every write since the last completed sync is lost.
@@ -101,9 +95,7 @@ impl MemStore {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every mutation below completes or does nothing before a panic could occur.
-        self.state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn write(state: &mut State, op: Op) {
@@ -123,16 +115,10 @@ impl Store for MemStore {
         }
         let available_bytes = self.capacity_bytes.saturating_sub(state.block_bytes);
         if bytes.len() as u64 > available_bytes {
-            return Err(StoreError::Full {
-                needed_bytes: bytes.len() as u64,
-                available_bytes,
-            });
+            return Err(StoreError::Full { needed_bytes: bytes.len() as u64, available_bytes });
         }
         state.block_bytes += bytes.len() as u64;
-        Self::write(
-            &mut state,
-            Op::PutBlock(*hash, Bytes::copy_from_slice(bytes)),
-        );
+        Self::write(&mut state, Op::PutBlock(*hash, Bytes::copy_from_slice(bytes)));
         Ok(())
     }
 
@@ -203,20 +189,14 @@ impl Store for MemStore {
     fn ensure_room(&self, bytes: u64) -> Result<(), StoreError> {
         let available_bytes = self.capacity_bytes.saturating_sub(self.lock().block_bytes);
         if bytes > available_bytes {
-            return Err(StoreError::Full {
-                needed_bytes: bytes,
-                available_bytes,
-            });
+            return Err(StoreError::Full { needed_bytes: bytes, available_bytes });
         }
         Ok(())
     }
 
     fn usage(&self) -> Result<Usage, StoreError> {
         let used_bytes = self.lock().block_bytes;
-        Ok(Usage {
-            used_bytes,
-            available_bytes: self.capacity_bytes.saturating_sub(used_bytes),
-        })
+        Ok(Usage { used_bytes, available_bytes: self.capacity_bytes.saturating_sub(used_bytes) })
     }
 }
 
@@ -226,13 +206,7 @@ mod tests {
     use crate::{NodeId, Version};
 
     fn tombstone(hlc: u64) -> FileRecord {
-        FileRecord {
-            version: Version {
-                hlc,
-                node: NodeId(1),
-            },
-            meta: None,
-        }
+        FileRecord { version: Version { hlc, node: NodeId(1) }, meta: None }
     }
 
     #[test]
@@ -240,15 +214,11 @@ mod tests {
         let store = MemStore::new(1 << 20);
         let synced = BlockHash::of(b"synced");
         store.put_block(&synced, b"synced").expect("put");
-        store
-            .merge_records(&[RecordUpdate::File("/a".into(), tombstone(1))])
-            .expect("merge");
+        store.merge_records(&[RecordUpdate::File("/a".into(), tombstone(1))]).expect("merge");
         store.sync().expect("sync");
         let lost = BlockHash::of(b"lost");
         store.put_block(&lost, b"lost").expect("put");
-        store
-            .merge_records(&[RecordUpdate::File("/a".into(), tombstone(2))])
-            .expect("merge");
+        store.merge_records(&[RecordUpdate::File("/a".into(), tombstone(2))]).expect("merge");
 
         store.crash();
 

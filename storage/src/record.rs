@@ -11,9 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::BlockHash;
 
 /// A node's permanent identity: a random 128-bit id made on first start.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeId(pub u128);
 
 impl std::fmt::Display for NodeId {
@@ -28,9 +26,7 @@ impl std::fmt::Display for NodeId {
 /// below one it has already seen (`max(now, last_seen + 1)`), so a write that starts after
 /// another was acknowledged gets a larger version even when clocks disagree. The node id breaks
 /// ties between concurrent writes, identically on every replica.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Version {
     /// Hybrid logical clock reading, in microseconds since the Unix epoch.
     pub hlc: u64,
@@ -99,6 +95,8 @@ pub struct DirEntry {
     pub kind: EntryKind,
     /// Whether the child was removed at `version`.
     pub tombstone: bool,
+    /// A file's size in bytes (0 for directories), so a listing reads one record.
+    pub size: u64,
 }
 
 /// `dir path -> {child name -> entry}`: a directory's children, merged child by child.
@@ -113,10 +111,7 @@ impl DirRecord {
     /// associative and idempotent because per-key `max` over a total order is.
     pub fn merge(mut self, other: DirRecord) -> DirRecord {
         for (name, theirs) in other.children {
-            self.children
-                .entry(name)
-                .and_modify(|ours| *ours = std::cmp::max(*ours, theirs))
-                .or_insert(theirs);
+            self.children.entry(name).and_modify(|ours| *ours = std::cmp::max(*ours, theirs)).or_insert(theirs);
         }
         self
     }
@@ -140,10 +135,7 @@ mod tests {
 
     fn version() -> impl Strategy<Value = Version> {
         // Few distinct values, so that ties (same version, different content) get exercised.
-        (0u64..4, 0u128..3).prop_map(|(hlc, node)| Version {
-            hlc,
-            node: NodeId(node),
-        })
+        (0u64..4, 0u128..3).prop_map(|(hlc, node)| Version { hlc, node: NodeId(node) })
     }
 
     fn file_record() -> impl Strategy<Value = FileRecord> {
@@ -153,25 +145,15 @@ mod tests {
             block_size: 1 << 20,
             blocks: vec![BlockHash([byte; 32])],
         });
-        (version(), proptest::option::of(meta))
-            .prop_map(|(version, meta)| FileRecord { version, meta })
+        (version(), proptest::option::of(meta)).prop_map(|(version, meta)| FileRecord { version, meta })
     }
 
     fn dir_record() -> impl Strategy<Value = DirRecord> {
         let entry =
-            (version(), any::<bool>(), any::<bool>()).prop_map(|(version, is_dir, tombstone)| {
-                DirEntry {
-                    version,
-                    kind: if is_dir {
-                        EntryKind::Dir
-                    } else {
-                        EntryKind::File
-                    },
-                    tombstone,
-                }
+            (version(), any::<bool>(), any::<bool>(), 0u64..2).prop_map(|(version, is_dir, tombstone, size)| {
+                DirEntry { version, kind: if is_dir { EntryKind::Dir } else { EntryKind::File }, tombstone, size }
             });
-        proptest::collection::btree_map("[ab]", entry, 0..3)
-            .prop_map(|children| DirRecord { children })
+        proptest::collection::btree_map("[ab]", entry, 0..3).prop_map(|children| DirRecord { children })
     }
 
     proptest! {
@@ -213,24 +195,10 @@ mod tests {
     #[test]
     fn the_newer_version_wins_a_file_merge_whatever_it_holds() {
         let old = FileRecord {
-            version: Version {
-                hlc: 1,
-                node: NodeId(9),
-            },
-            meta: Some(FileMeta {
-                size: 1,
-                content_hash: BlockHash([1; 32]),
-                block_size: 1,
-                blocks: vec![],
-            }),
+            version: Version { hlc: 1, node: NodeId(9) },
+            meta: Some(FileMeta { size: 1, content_hash: BlockHash([1; 32]), block_size: 1, blocks: vec![] }),
         };
-        let tombstone = FileRecord {
-            version: Version {
-                hlc: 2,
-                node: NodeId(0),
-            },
-            meta: None,
-        };
+        let tombstone = FileRecord { version: Version { hlc: 2, node: NodeId(0) }, meta: None };
         assert_eq!(old.clone().merge(tombstone.clone()), tombstone);
         assert_eq!(tombstone.clone().merge(old), tombstone);
     }

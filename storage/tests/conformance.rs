@@ -1,15 +1,12 @@
 //! One suite, both backends (STYLE §11): whatever the node core relies on, each store does.
 
 use shoal_storage::{
-    BlockHash, DirEntry, DirRecord, EntryKind, FileMeta, FileRecord, FjallStore, FjallStoreConfig,
-    MemStore, NodeId, RecordUpdate, Store, StoreError, Version,
+    BlockHash, DirEntry, DirRecord, EntryKind, FileMeta, FileRecord, FjallStore, FjallStoreConfig, MemStore, NodeId,
+    RecordUpdate, Store, StoreError, Version,
 };
 
 fn version(hlc: u64) -> Version {
-    Version {
-        hlc,
-        node: NodeId(7),
-    }
+    Version { hlc, node: NodeId(7) }
 }
 
 fn live(hlc: u64, content: &[u8]) -> FileRecord {
@@ -26,14 +23,8 @@ fn live(hlc: u64, content: &[u8]) -> FileRecord {
 }
 
 fn dir_with(name: &str, hlc: u64, tombstone: bool) -> DirRecord {
-    let entry = DirEntry {
-        version: version(hlc),
-        kind: EntryKind::File,
-        tombstone,
-    };
-    DirRecord {
-        children: [(name.to_string(), entry)].into(),
-    }
+    let entry = DirEntry { version: version(hlc), kind: EntryKind::File, tombstone, size: 1 };
+    DirRecord { children: [(name.to_string(), entry)].into() }
 }
 
 /// The conformance suite. `corrupt` damages a stored block the way bit rot would.
@@ -52,22 +43,14 @@ fn blocks_round_trip_small_and_large<S: Store>(store: &S) {
         let bytes: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
         let hash = BlockHash::of(&bytes);
         store.put_block(&hash, &bytes).expect("put");
-        store
-            .put_block(&hash, &bytes)
-            .expect("a second put of the same block is a no-op");
+        store.put_block(&hash, &bytes).expect("a second put of the same block is a no-op");
         assert!(store.has_block(&hash).expect("has"));
-        assert_eq!(
-            store.get_block(&hash).expect("get").as_deref(),
-            Some(&bytes[..]),
-            "size {size}"
-        );
+        assert_eq!(store.get_block(&hash).expect("get").as_deref(), Some(&bytes[..]), "size {size}");
     }
     let gone = BlockHash::of(b"to be deleted");
     store.put_block(&gone, b"to be deleted").expect("put");
     store.delete_block(&gone).expect("delete");
-    store
-        .delete_block(&gone)
-        .expect("deleting an absent block is fine");
+    store.delete_block(&gone).expect("deleting an absent block is fine");
     assert_eq!(store.get_block(&gone).expect("get"), None);
     assert!(!store.has_block(&gone).expect("has"));
 }
@@ -75,10 +58,7 @@ fn blocks_round_trip_small_and_large<S: Store>(store: &S) {
 fn a_block_is_refused_under_a_wrong_name<S: Store>(store: &S) {
     let claimed = BlockHash::of(b"what the sender claimed");
     let refused = store.put_block(&claimed, b"what it sent");
-    assert!(
-        matches!(refused, Err(StoreError::HashMismatch(hash)) if hash == claimed),
-        "{refused:?}"
-    );
+    assert!(matches!(refused, Err(StoreError::HashMismatch(hash)) if hash == claimed), "{refused:?}");
     assert!(!store.has_block(&claimed).expect("has"));
     let large = vec![3u8; 200_000];
     let refused = store.put_block(&claimed, &large);
@@ -93,64 +73,31 @@ fn a_corrupt_block_is_an_error_never_data<S: Store>(store: &S, corrupt: impl Fn(
         store.put_block(&hash, &bytes).expect("put");
         corrupt(store, &hash);
         let read = store.get_block(&hash);
-        assert!(
-            matches!(read, Err(StoreError::Corrupt(h)) if h == hash),
-            "size {size}: {read:?}"
-        );
+        assert!(matches!(read, Err(StoreError::Corrupt(h)) if h == hash), "size {size}: {read:?}");
     }
 }
 
 fn records_merge_newest_wins<S: Store>(store: &S) {
     assert_eq!(store.get_file("/newest").expect("get"), None);
-    store
-        .merge_records(&[RecordUpdate::File("/newest".into(), live(2, b"two"))])
-        .expect("merge");
-    store
-        .merge_records(&[RecordUpdate::File("/newest".into(), live(1, b"one"))])
-        .expect("merge");
-    assert_eq!(
-        store.get_file("/newest").expect("get"),
-        Some(live(2, b"two"))
-    );
-    let tombstone = FileRecord {
-        version: version(3),
-        meta: None,
-    };
-    store
-        .merge_records(&[RecordUpdate::File("/newest".into(), tombstone.clone())])
-        .expect("merge");
-    store
-        .merge_records(&[RecordUpdate::File("/newest".into(), live(2, b"two"))])
-        .expect("merge");
+    store.merge_records(&[RecordUpdate::File("/newest".into(), live(2, b"two"))]).expect("merge");
+    store.merge_records(&[RecordUpdate::File("/newest".into(), live(1, b"one"))]).expect("merge");
+    assert_eq!(store.get_file("/newest").expect("get"), Some(live(2, b"two")));
+    let tombstone = FileRecord { version: version(3), meta: None };
+    store.merge_records(&[RecordUpdate::File("/newest".into(), tombstone.clone())]).expect("merge");
+    store.merge_records(&[RecordUpdate::File("/newest".into(), live(2, b"two"))]).expect("merge");
     assert_eq!(store.get_file("/newest").expect("get"), Some(tombstone));
 }
 
 fn directory_records_merge_child_by_child<S: Store>(store: &S) {
-    store
-        .merge_records(&[RecordUpdate::Dir("/d".into(), dir_with("a", 5, false))])
-        .expect("merge");
-    store
-        .merge_records(&[RecordUpdate::Dir("/d".into(), dir_with("b", 1, false))])
-        .expect("merge");
-    store
-        .merge_records(&[RecordUpdate::Dir("/d".into(), dir_with("a", 4, true))])
-        .expect("merge");
+    store.merge_records(&[RecordUpdate::Dir("/d".into(), dir_with("a", 5, false))]).expect("merge");
+    store.merge_records(&[RecordUpdate::Dir("/d".into(), dir_with("b", 1, false))]).expect("merge");
+    store.merge_records(&[RecordUpdate::Dir("/d".into(), dir_with("a", 4, true))]).expect("merge");
     let dir = store.get_dir("/d").expect("get").expect("present");
     assert_eq!(dir.children.len(), 2);
-    assert!(
-        !dir.children["a"].tombstone,
-        "the older tombstone loses to the newer entry"
-    );
-    store
-        .merge_records(&[RecordUpdate::Dir("/d".into(), dir_with("a", 6, true))])
-        .expect("merge");
-    let names: Vec<_> = store
-        .get_dir("/d")
-        .expect("get")
-        .expect("present")
-        .live_children()
-        .map(|(n, _)| n.clone())
-        .collect();
+    assert!(!dir.children["a"].tombstone, "the older tombstone loses to the newer entry");
+    store.merge_records(&[RecordUpdate::Dir("/d".into(), dir_with("a", 6, true))]).expect("merge");
+    let names: Vec<_> =
+        store.get_dir("/d").expect("get").expect("present").live_children().map(|(n, _)| n.clone()).collect();
     assert_eq!(names, ["b"]);
 }
 
@@ -163,19 +110,8 @@ fn one_call_merges_many_records_and_repeated_keys<S: Store>(store: &S) {
             RecordUpdate::File("/batch/x".into(), live(2, b"x2")),
         ])
         .expect("merge");
-    assert_eq!(
-        store.get_file("/batch/x").expect("get"),
-        Some(live(2, b"x2"))
-    );
-    assert_eq!(
-        store
-            .get_dir("/batch")
-            .expect("get")
-            .expect("present")
-            .children
-            .len(),
-        2
-    );
+    assert_eq!(store.get_file("/batch/x").expect("get"), Some(live(2, b"x2")));
+    assert_eq!(store.get_dir("/batch").expect("get").expect("present").children.len(), 2);
 }
 
 fn concurrent_syncs_all_return<S: Store>(store: &S) {
@@ -184,9 +120,7 @@ fn concurrent_syncs_all_return<S: Store>(store: &S) {
             scope.spawn(move || {
                 for i in 0..20 {
                     let path = format!("/sync/{thread}/{i}");
-                    store
-                        .merge_records(&[RecordUpdate::File(path.clone(), live(1, b"s"))])
-                        .expect("merge");
+                    store.merge_records(&[RecordUpdate::File(path.clone(), live(1, b"s"))]).expect("merge");
                     store.sync().expect("sync");
                     assert!(store.get_file(&path).expect("get").is_some());
                 }
@@ -199,51 +133,27 @@ fn concurrent_syncs_all_return<S: Store>(store: &S) {
 fn a_full_store_refuses_data_but_serves_reads_and_deletes<S: Store>(store: &S) {
     let kept = vec![1u8; 100_000];
     let kept_hash = BlockHash::of(&kept);
-    store
-        .put_block(&kept_hash, &kept)
-        .expect("the first block fits");
-    store
-        .merge_records(&[RecordUpdate::File("/kept".into(), live(1, &kept))])
-        .expect("merge");
+    store.put_block(&kept_hash, &kept).expect("the first block fits");
+    store.merge_records(&[RecordUpdate::File("/kept".into(), live(1, &kept))]).expect("merge");
     let more = vec![2u8; 100_000];
     let refused = store.put_block(&BlockHash::of(&more), &more);
-    assert!(
-        matches!(refused, Err(StoreError::Full { .. })),
-        "{refused:?}"
-    );
-    assert!(matches!(
-        store.ensure_room(100_000),
-        Err(StoreError::Full { .. })
-    ));
+    assert!(matches!(refused, Err(StoreError::Full { .. })), "{refused:?}");
+    assert!(matches!(store.ensure_room(100_000), Err(StoreError::Full { .. })));
     assert!(!store.has_block(&BlockHash::of(&more)).expect("has"));
-    assert_eq!(
-        store.get_block(&kept_hash).expect("get").as_deref(),
-        Some(&kept[..])
-    );
-    let tombstone = FileRecord {
-        version: version(2),
-        meta: None,
-    };
-    store
-        .merge_records(&[RecordUpdate::File("/kept".into(), tombstone.clone())])
-        .expect("a delete still works");
+    assert_eq!(store.get_block(&kept_hash).expect("get").as_deref(), Some(&kept[..]));
+    let tombstone = FileRecord { version: version(2), meta: None };
+    store.merge_records(&[RecordUpdate::File("/kept".into(), tombstone.clone())]).expect("a delete still works");
     store.sync().expect("sync");
     assert_eq!(store.get_file("/kept").expect("get"), Some(tombstone));
 }
 
 fn fjall_store(dir: &std::path::Path) -> FjallStore {
-    FjallStore::open(FjallStoreConfig {
-        disk_reserve_bytes: 0,
-        ..FjallStoreConfig::new(dir)
-    })
-    .expect("open")
+    FjallStore::open(FjallStoreConfig { disk_reserve_bytes: 0, ..FjallStoreConfig::new(dir) }).expect("open")
 }
 
 #[test]
 fn the_memory_store_passes_the_conformance_suite() {
-    test_suite(&MemStore::new(1 << 30), |store, hash| {
-        store.corrupt_block(hash)
-    });
+    test_suite(&MemStore::new(1 << 30), |store, hash| store.corrupt_block(hash));
 }
 
 #[test]
@@ -254,10 +164,7 @@ fn the_fjall_store_passes_the_conformance_suite() {
     test_suite(&store, |store, hash| {
         // Large blocks are files; small ones live in fjall, where a corrupting write goes
         // through the keyspace under the same key.
-        let file = root
-            .join("blocks")
-            .join(&hash.to_hex()[..2])
-            .join(hash.to_hex());
+        let file = root.join("blocks").join(&hash.to_hex()[..2]).join(hash.to_hex());
         if file.exists() {
             let mut bytes = std::fs::read(&file).expect("read");
             bytes[0] ^= 0xff;
@@ -297,16 +204,11 @@ fn the_fjall_store_refuses_data_when_its_capacity_is_used() {
 #[test]
 fn the_fjall_store_refuses_data_when_the_disk_reserve_is_reached() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = FjallStore::open(FjallStoreConfig {
-        disk_reserve_bytes: u64::MAX / 2,
-        ..FjallStoreConfig::new(dir.path())
-    })
-    .expect("open");
+    let store =
+        FjallStore::open(FjallStoreConfig { disk_reserve_bytes: u64::MAX / 2, ..FjallStoreConfig::new(dir.path()) })
+            .expect("open");
     let bytes = vec![5u8; 100_000];
-    assert!(matches!(
-        store.put_block(&BlockHash::of(&bytes), &bytes),
-        Err(StoreError::Full { .. })
-    ));
+    assert!(matches!(store.put_block(&BlockHash::of(&bytes), &bytes), Err(StoreError::Full { .. })));
 }
 
 #[test]
@@ -316,22 +218,11 @@ fn the_fjall_store_keeps_synced_writes_across_reopen() {
     {
         let store = fjall_store(dir.path());
         store.put_block(&BlockHash::of(&big), &big).expect("put");
-        store
-            .merge_records(&[RecordUpdate::File("/kept".into(), live(1, &big))])
-            .expect("merge");
+        store.merge_records(&[RecordUpdate::File("/kept".into(), live(1, &big))]).expect("merge");
         store.sync().expect("sync");
     }
     let store = fjall_store(dir.path());
     assert_eq!(store.get_file("/kept").expect("get"), Some(live(1, &big)));
-    assert_eq!(
-        store
-            .get_block(&BlockHash::of(&big))
-            .expect("get")
-            .as_deref(),
-        Some(&big[..])
-    );
-    assert!(
-        store.usage().expect("usage").used_bytes >= big.len() as u64,
-        "block files are counted at open"
-    );
+    assert_eq!(store.get_block(&BlockHash::of(&big)).expect("get").as_deref(), Some(&big[..]));
+    assert!(store.usage().expect("usage").used_bytes >= big.len() as u64, "block files are counted at open");
 }

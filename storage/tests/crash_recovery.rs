@@ -7,8 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use shoal_storage::{
-    BlockHash, FileMeta, FileRecord, FjallStore, FjallStoreConfig, NodeId, RecordUpdate, Store,
-    Version,
+    BlockHash, FileMeta, FileRecord, FjallStore, FjallStoreConfig, NodeId, RecordUpdate, Store, Version,
 };
 
 const CHILD_DIR: &str = "SHOAL_CRASH_CHILD_DIR";
@@ -30,11 +29,7 @@ fn path(i: u64) -> String {
 }
 
 fn open(dir: &std::path::Path) -> FjallStore {
-    FjallStore::open(FjallStoreConfig {
-        disk_reserve_bytes: 0,
-        ..FjallStoreConfig::new(dir)
-    })
-    .expect("open")
+    FjallStore::open(FjallStoreConfig { disk_reserve_bytes: 0, ..FjallStoreConfig::new(dir) }).expect("open")
 }
 
 /// Writes block then record then syncs, and only then reports the key as acknowledged.
@@ -56,16 +51,8 @@ fn run_writer(dir: &std::path::Path, start: u64) -> ! {
                         block_size: 1 << 20,
                         blocks: vec![hash],
                     };
-                    let record = FileRecord {
-                        version: Version {
-                            hlc: i,
-                            node: NodeId(1),
-                        },
-                        meta: Some(meta),
-                    };
-                    store
-                        .merge_records(&[RecordUpdate::File(path(i), record)])
-                        .expect("merge");
+                    let record = FileRecord { version: Version { hlc: i, node: NodeId(1) }, meta: Some(meta) };
+                    store.merge_records(&[RecordUpdate::File(path(i), record)]).expect("merge");
                     store.sync().expect("sync");
                     let mut out = stdout.lock().unwrap_or_else(|p| p.into_inner());
                     writeln!(out, "acked {i}").expect("stdout");
@@ -80,10 +67,7 @@ fn run_writer(dir: &std::path::Path, start: u64) -> ! {
 #[test]
 fn synced_writes_survive_kill_9_and_nothing_half_written_is_visible() {
     if let Ok(dir) = std::env::var(CHILD_DIR) {
-        let start = std::env::var(CHILD_START)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .expect("start");
+        let start = std::env::var(CHILD_START).ok().and_then(|s| s.parse().ok()).expect("start");
         run_writer(std::path::Path::new(&dir), start);
     }
 
@@ -94,11 +78,7 @@ fn synced_writes_survive_kill_9_and_nothing_half_written_is_visible() {
     for round in 0..rounds {
         let start = round * WRITER_THREADS * KEYS_PER_THREAD;
         let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "synced_writes_survive_kill_9_and_nothing_half_written_is_visible",
-                "--nocapture",
-            ])
+            .args(["--exact", "synced_writes_survive_kill_9_and_nothing_half_written_is_visible", "--nocapture"])
             .env(CHILD_DIR, dir.path())
             .env(CHILD_START, start.to_string())
             .stdout(Stdio::piped())
@@ -110,10 +90,7 @@ fn synced_writes_survive_kill_9_and_nothing_half_written_is_visible() {
             BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
-                .filter_map(|line| {
-                    line.strip_prefix("acked ")
-                        .and_then(|i| i.parse::<u64>().ok())
-                })
+                .filter_map(|line| line.strip_prefix("acked ").and_then(|i| i.parse::<u64>().ok()))
                 .collect::<Vec<_>>()
         });
         // Different moments in each round: during open, early writes, steady state.
@@ -125,15 +102,9 @@ fn synced_writes_survive_kill_9_and_nothing_half_written_is_visible() {
 
         let store = open(dir.path());
         for &i in &acked {
-            let record = store
-                .get_file(&path(i))
-                .expect("read record")
-                .unwrap_or_else(|| panic!("acked key {i} lost"));
+            let record = store.get_file(&path(i)).expect("read record").unwrap_or_else(|| panic!("acked key {i} lost"));
             let meta = record.meta.expect("a live record");
-            let block = store
-                .get_block(&meta.blocks[0])
-                .expect("verified block")
-                .expect("acked block present");
+            let block = store.get_block(&meta.blocks[0]).expect("verified block").expect("acked block present");
             assert_eq!(&block[..], &content(i)[..], "key {i}");
         }
         // Unacknowledged keys of this round may or may not be there, but never half-there.
@@ -141,10 +112,7 @@ fn synced_writes_survive_kill_9_and_nothing_half_written_is_visible() {
             if let Some(record) = store.get_file(&path(i)).expect("read record") {
                 let meta = record.meta.expect("a live record");
                 assert!(
-                    store
-                        .get_block(&meta.blocks[0])
-                        .expect("verified block")
-                        .is_some(),
+                    store.get_block(&meta.blocks[0]).expect("verified block").is_some(),
                     "key {i} has a record without its block"
                 );
             }
@@ -156,9 +124,5 @@ fn synced_writes_survive_kill_9_and_nothing_half_written_is_visible() {
             acked.len()
         );
     }
-    assert!(
-        acked.len() > 100,
-        "the writer should have acknowledged writes before being killed ({} did)",
-        acked.len()
-    );
+    assert!(acked.len() > 100, "the writer should have acknowledged writes before being killed ({} did)", acked.len());
 }
