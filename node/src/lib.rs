@@ -2,4 +2,9 @@
 //! the `shoal` command line (ARCHITECTURE §1).
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
 pub mod core;
+pub mod driver;

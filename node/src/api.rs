@@ -1,0 +1,113 @@
+//! The JSON bodies of the HTTP API (ARCHITECTURE §9), shared by the server and the client.
+
+use serde::{Deserialize, Serialize};
+
+/// Header carrying a file's BLAKE3 content hash (hex), on PUT (checked) and on GET/HEAD.
+pub const HEADER_BLAKE3: &str = "x-shoal-blake3";
+/// Header carrying a file's version on GET/HEAD: `<hlc>-<node id>`.
+pub const HEADER_VERSION: &str = "x-shoal-version";
+
+/// Every error: `{"error": "..."}` with a fitting status code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One line saying what went wrong.
+    pub error: String,
+}
+
+/// A stored file, as PUT answers and as HEAD's headers describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// The file's path.
+    pub path: String,
+    /// Content length in bytes.
+    pub size: u64,
+    /// BLAKE3 of the content, hex.
+    pub blake3: String,
+    /// The version, `<hlc>-<node id>`.
+    pub version: String,
+    /// Modification time, milliseconds since the Unix epoch.
+    pub modified_ms: u64,
+}
+
+/// `GET /v1/dirs/{path}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirListing {
+    /// The directory listed.
+    pub path: String,
+    /// Its children, sorted by name.
+    pub entries: Vec<DirListingEntry>,
+}
+
+/// One child in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirListingEntry {
+    /// The child's name.
+    pub name: String,
+    /// `file` or `dir`.
+    pub kind: String,
+    /// Bytes (0 for directories).
+    pub size: u64,
+    /// Modification time, milliseconds since the Unix epoch.
+    pub modified_ms: u64,
+}
+
+/// `PUT /v1/dirs/{path}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MkdirResult {
+    /// The directory.
+    pub path: String,
+    /// Whether it was made now (`false`: it existed).
+    pub created: bool,
+}
+
+/// `DELETE /v1/files/{path}` and `DELETE /v1/dirs/{path}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteResult {
+    /// What was deleted.
+    pub path: String,
+    /// Files deleted (1 for a file; everything below for a recursive directory removal).
+    pub files_deleted: u64,
+}
+
+/// `GET /v1/status`: the cluster as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The answering node.
+    pub node_id: String,
+    /// Shoal's version.
+    pub shoal_version: String,
+    /// Replication factor and quorums in force.
+    pub replication: Replication,
+    /// Every member this node knows, itself included.
+    pub members: Vec<Member>,
+}
+
+/// N, W and R.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replication {
+    /// Copies of every block and record.
+    pub n: u32,
+    /// Owners that must make a write durable before it is acknowledged.
+    pub w: u32,
+    /// Owners a read consults.
+    pub r: u32,
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Full node id (32 hex digits).
+    pub node_id: String,
+    /// HTTP API address.
+    pub http_addr: String,
+    /// Cluster (gossip and RPC) address.
+    pub cluster_addr: String,
+    /// `alive`, `suspect`, `down`, `leaving` or `left`.
+    pub state: String,
+    /// Bytes of data stored.
+    pub disk_used_bytes: u64,
+    /// Bytes still available for data.
+    pub disk_available_bytes: u64,
+    /// Milliseconds since the member entered its current state.
+    pub state_age_ms: u64,
+}

@@ -1,0 +1,168 @@
+//! The node's configuration: a TOML file (`shoal serve --config shoal.toml`), every key
+//! overridable by a flag of the same name, validated at start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Smallest block size accepted: below this, per-block overhead dominates.
+pub const BLOCK_SIZE_BYTES_MIN: u32 = 4 * 1024;
+/// Largest block size accepted: a block is held in memory whole while it is hashed and stored.
+pub const BLOCK_SIZE_BYTES_MAX: u32 = 64 * 1024 * 1024;
+
+/// Settings of `shoal serve`. Each field's doc is its documentation in `shoal.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding this node's data: its id, the fjall database and the block files.
+    /// Default `./shoal-data`.
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API. Default `127.0.0.1:7700`.
+    pub http_addr: SocketAddr,
+    /// Address for cluster traffic (gossip over UDP, RPC over TCP, one port number). Reported
+    /// in `shoal status`; peers reach this node here once clustering is on. Default
+    /// `127.0.0.1:7701`.
+    pub cluster_addr: SocketAddr,
+    /// Files are cut into blocks of this many bytes (4 KiB to 64 MiB). Default 1 MiB.
+    pub block_size_bytes: u32,
+    /// Free disk space kept in reserve; uploads that would eat into it get `507`, deletes and
+    /// reads keep working. Default 256 MiB.
+    pub disk_reserve_bytes: u64,
+    /// Most bytes this node stores, or absent for the whole disk.
+    pub capacity_bytes: Option<u64>,
+    /// fjall's block cache for records, in bytes. Default 64 MiB.
+    pub cache_bytes: u64,
+    /// Blocks of one upload being written at once: more overlaps network and disk, each costs
+    /// one block of memory. 1 to 64, default 4.
+    pub upload_blocks_in_flight_max: usize,
+    /// Blocks of one download read ahead of the client. 1 to 64, default 2.
+    pub download_blocks_ahead_max: usize,
+    /// Seconds that in-flight requests get to finish after SIGTERM before the node exits
+    /// anyway. Default 30.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./shoal-data"),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            cluster_addr: SocketAddr::from(([127, 0, 0, 1], 7701)),
+            block_size_bytes: 1 << 20,
+            disk_reserve_bytes: 256 << 20,
+            capacity_bytes: None,
+            cache_bytes: 64 << 20,
+            upload_blocks_in_flight_max: 4,
+            download_blocks_ahead_max: 2,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with what to change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct.
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The key in `shoal.toml` (and the flag `--key-with-dashes`).
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads `path`; keys it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if !(BLOCK_SIZE_BYTES_MIN..=BLOCK_SIZE_BYTES_MAX).contains(&self.block_size_bytes) {
+            return invalid(
+                "block_size_bytes",
+                format!("{} is outside {BLOCK_SIZE_BYTES_MIN}..={BLOCK_SIZE_BYTES_MAX}", self.block_size_bytes),
+            );
+        }
+        if self.http_addr == self.cluster_addr {
+            return invalid("cluster_addr", format!("{} is also the HTTP address", self.cluster_addr));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must not be empty".into());
+        }
+        if self.capacity_bytes == Some(0) {
+            return invalid("capacity_bytes", "must be positive (leave it out for the whole disk)".into());
+        }
+        if !(1..=64).contains(&self.upload_blocks_in_flight_max) {
+            return invalid(
+                "upload_blocks_in_flight_max",
+                format!("{} is outside 1..=64", self.upload_blocks_in_flight_max),
+            );
+        }
+        if !(1..=64).contains(&self.download_blocks_ahead_max) {
+            return invalid(
+                "download_blocks_ahead_max",
+                format!("{} is outside 1..=64", self.download_blocks_ahead_max),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        Config::default().validate().expect("defaults");
+    }
+
+    #[test]
+    fn a_file_overrides_only_the_keys_it_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("shoal.toml");
+        std::fs::write(&path, "http_addr = \"127.0.0.1:9000\"\nblock_size_bytes = 65536\n").expect("write");
+        let config = Config::from_file(&path).expect("parse");
+        assert_eq!(config.http_addr, "127.0.0.1:9000".parse().expect("addr"));
+        assert_eq!(config.block_size_bytes, 65536);
+        assert_eq!(config.cluster_addr, Config::default().cluster_addr);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_reported_clearly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("shoal.toml");
+        std::fs::write(&path, "http_adr = \"127.0.0.1:9000\"\n").expect("write");
+        let err = Config::from_file(&path).expect_err("unknown key").to_string();
+        assert!(err.contains("http_adr"), "{err}");
+
+        let config = Config { block_size_bytes: 100, ..Config::default() };
+        let err = config.validate().expect_err("too small").to_string();
+        assert!(err.contains("block_size_bytes"), "{err}");
+        let config = Config { cluster_addr: Config::default().http_addr, ..Config::default() };
+        assert!(config.validate().is_err());
+    }
+}

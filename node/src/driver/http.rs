@@ -1,0 +1,451 @@
+//! The HTTP API (ARCHITECTURE §9) on axum. Bodies stream both ways: an upload holds at most
+//! `upload_blocks_in_flight_max + 1` blocks in memory, a download
+//! `download_blocks_ahead_max + 1`, whatever the file size.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use headers::HeaderMapExt;
+use shoal_storage::{BlockHash, EntryKind, FjallStore, NodeId, Store, StoreError};
+
+use super::metrics::{Metrics, RequestLabels};
+use super::{blocking, now_ms, now_us};
+use crate::api::{self, DeleteResult, DirListing, DirListingEntry, ErrorBody, FileInfo, MkdirResult};
+use crate::config::Config;
+use crate::core::files::{FileCore, FileError, FileStat, ReadPlan};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    core: Arc<FileCore<FjallStore>>,
+    metrics: Arc<Metrics>,
+    node_id: NodeId,
+    http_addr: SocketAddr,
+    cluster_addr: SocketAddr,
+    started_ms: u64,
+    upload_blocks_in_flight_max: usize,
+    download_blocks_ahead_max: usize,
+}
+
+impl AppState {
+    pub fn new(
+        core: Arc<FileCore<FjallStore>>,
+        node_id: NodeId,
+        http_addr: SocketAddr,
+        config: &Config,
+        started_ms: u64,
+    ) -> Self {
+        Self {
+            core,
+            metrics: Arc::new(Metrics::new()),
+            node_id,
+            http_addr,
+            cluster_addr: config.cluster_addr,
+            started_ms,
+            upload_blocks_in_flight_max: config.upload_blocks_in_flight_max,
+            download_blocks_ahead_max: config.download_blocks_ahead_max,
+        }
+    }
+}
+
+/// The routes of ARCHITECTURE §9.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/files/{*path}", get(get_file).head(head_file).put(put_file).delete(delete_file))
+        .route("/v1/dirs", get(list_root))
+        .route("/v1/dirs/", get(list_root))
+        .route("/v1/dirs/{*path}", get(list_dir).put(make_dir).delete(remove_dir))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/files, /v1/dirs, /v1/status")
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        // Uploads stream; the size limit is the disk, checked by the store.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
+    let response = next.run(request).await;
+    let labels = RequestLabels { method, route, status: response.status().as_u16() };
+    state.metrics.requests.get_or_create(&labels).inc();
+    response
+}
+
+/// An error response: `{"error": "..."}` with a status code.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<FileError> for ApiError {
+    fn from(err: FileError) -> Self {
+        let status = match &err {
+            FileError::InvalidPath(_) | FileError::HashMismatch { .. } => StatusCode::BAD_REQUEST,
+            FileError::NotFound(_) => StatusCode::NOT_FOUND,
+            FileError::Conflict { .. } | FileError::NotEmpty(_) => StatusCode::CONFLICT,
+            FileError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            FileError::Store(StoreError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
+            FileError::Store(StoreError::Poisoned) => StatusCode::SERVICE_UNAVAILABLE,
+            FileError::BlockUnavailable(_) | FileError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(%err, "request failed");
+        }
+        Self::new(status, err.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: self.message })).into_response()
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::bad_request(format!("invalid path: {}", rejection.body_text()))
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The route's wildcard as an absolute path.
+fn absolute(path: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    let Path(path) = path?;
+    Ok(format!("/{path}"))
+}
+
+fn version_string(stat: &FileStat) -> String {
+    format!("{}-{}", stat.version.hlc, stat.version.node)
+}
+
+fn file_info(stat: &FileStat) -> FileInfo {
+    FileInfo {
+        path: stat.path.to_string(),
+        size: stat.meta.size,
+        blake3: stat.meta.content_hash.to_hex(),
+        version: version_string(stat),
+        modified_ms: stat.version.unix_ms(),
+    }
+}
+
+/// Headers that describe a file, for GET and HEAD.
+fn file_headers(stat: &FileStat) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    set(api::HEADER_BLAKE3, stat.meta.content_hash.to_hex());
+    set(api::HEADER_VERSION, version_string(stat));
+    set(header::ETAG.as_str(), format!("\"{}\"", stat.meta.content_hash.to_hex()));
+    set(header::ACCEPT_RANGES.as_str(), "bytes".into());
+    set(header::CONTENT_TYPE.as_str(), "application/octet-stream".into());
+    let modified = std::time::UNIX_EPOCH + std::time::Duration::from_millis(stat.version.unix_ms());
+    headers.typed_insert(headers::LastModified::from(modified));
+    headers
+}
+
+async fn put_file(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let path = absolute(path)?;
+    let declared = match headers.get(api::HEADER_BLAKE3) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse::<BlockHash>().ok())
+                .ok_or_else(|| ApiError::bad_request(format!("{} must be 64 hex digits", api::HEADER_BLAKE3)))?,
+        ),
+    };
+    let expected_size = headers.typed_get::<headers::ContentLength>().map(|len| len.0);
+    let core = state.core.clone();
+    let mut upload = blocking(move || core.begin_upload(&path, expected_size)).await?;
+
+    // Blocks are written on the blocking pool while the next ones arrive; at most
+    // `upload_blocks_in_flight_max` at once, so memory stays bounded.
+    let mut writes = FuturesOrdered::new();
+    let mut body = body.into_data_stream();
+    let mut ended = false;
+    while !ended {
+        let blocks = match body.next().await {
+            Some(Ok(data)) => {
+                state.metrics.bytes_received.inc_by(data.len() as u64);
+                upload.push(&data)
+            }
+            Some(Err(err)) => {
+                state.metrics.uploads_aborted.inc();
+                tracing::info!(path = %upload.path(), received = upload.size(), %err, "upload aborted; nothing stored");
+                return Err(ApiError::bad_request(format!("upload body ended early: {err}")));
+            }
+            None => {
+                ended = true;
+                upload.finish().into_iter().collect()
+            }
+        };
+        for (index, block) in blocks {
+            if writes.len() >= state.upload_blocks_in_flight_max {
+                let (index, hash) = next_write(&mut writes).await?;
+                upload.block_stored(index, hash);
+            }
+            let core = state.core.clone();
+            writes.push_back(tokio::task::spawn_blocking(move || core.store_block(&block).map(|hash| (index, hash))));
+        }
+    }
+    while !writes.is_empty() {
+        let (index, hash) = next_write(&mut writes).await?;
+        upload.block_stored(index, hash);
+    }
+    let core = state.core.clone();
+    let stat = blocking(move || core.commit_upload(upload, declared, now_us())).await?;
+    Ok((StatusCode::CREATED, Json(file_info(&stat))).into_response())
+}
+
+type BlockWrite = tokio::task::JoinHandle<Result<(usize, BlockHash), FileError>>;
+
+async fn next_write(writes: &mut FuturesOrdered<BlockWrite>) -> ApiResult<(usize, BlockHash)> {
+    match writes.next().await {
+        Some(Ok(result)) => Ok(result?),
+        Some(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+        None => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no block write pending")),
+    }
+}
+
+/// The byte range a GET asks for: `None` for the whole file (no `Range`, or several ranges,
+/// which a server may answer with the whole file).
+fn requested_range(headers: &HeaderMap, size: u64) -> ApiResult<Option<(u64, u64)>> {
+    let Some(range) = headers.typed_get::<headers::Range>() else { return Ok(None) };
+    let mut ranges = range.satisfiable_ranges(size);
+    let (Some((start, end)), None) = (ranges.next(), ranges.next()) else {
+        return Ok(None);
+    };
+    use std::ops::Bound;
+    let start = match start {
+        Bound::Included(s) => s,
+        Bound::Excluded(s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match end {
+        Bound::Included(e) => e.saturating_add(1).min(size),
+        Bound::Excluded(e) => e.min(size),
+        Bound::Unbounded => size,
+    };
+    if start >= end {
+        return Err(ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!("range not satisfiable for {size} bytes"),
+        ));
+    }
+    Ok(Some((start, end)))
+}
+
+async fn head_file(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
+    let path = absolute(path)?;
+    let core = state.core.clone();
+    let stat = blocking(move || core.stat(&path)).await?;
+    let mut headers = file_headers(&stat);
+    headers.typed_insert(headers::ContentLength(stat.meta.size));
+    Ok((StatusCode::OK, headers).into_response())
+}
+
+async fn get_file(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    request_headers: HeaderMap,
+) -> ApiResult<Response> {
+    let path = absolute(path)?;
+    let core = state.core.clone();
+    let lookup = path.clone();
+    let stat = blocking(move || core.stat(&lookup)).await?;
+    let range = match requested_range(&request_headers, stat.meta.size) {
+        Ok(range) => range,
+        Err(err) => {
+            let mut response = err.into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{}", stat.meta.size)) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return Ok(response);
+        }
+    };
+    let core = state.core.clone();
+    let plan = blocking(move || core.read_plan(&path, range)).await?;
+    let mut headers = file_headers(&plan.stat);
+    headers.typed_insert(headers::ContentLength(plan.end - plan.start));
+    let status = if range.is_some() {
+        if let Ok(content_range) = headers::ContentRange::bytes(plan.start..plan.end, plan.stat.meta.size) {
+            headers.typed_insert(content_range);
+        }
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, headers, stream_plan(&state, plan).await?).into_response())
+}
+
+/// Streams the plan's pieces, reading ahead. The first piece is read before the response
+/// starts, so a missing first block is a clean error; a later failure aborts the body, which
+/// the client sees as a truncated transfer, never as wrong bytes.
+async fn stream_plan(state: &AppState, plan: ReadPlan) -> ApiResult<Body> {
+    let core = state.core.clone();
+    let metrics = state.metrics.clone();
+    let mut pieces = futures_util::stream::iter(plan.pieces)
+        .map(move |piece| {
+            let core = core.clone();
+            tokio::task::spawn_blocking(move || core.read_piece(&piece))
+        })
+        .buffered(state.download_blocks_ahead_max)
+        .map(move |joined| match joined {
+            Ok(Ok(bytes)) => {
+                metrics.bytes_sent.inc_by(bytes.len() as u64);
+                Ok(bytes)
+            }
+            Ok(Err(err)) => {
+                if matches!(err, FileError::BlockUnavailable(_)) {
+                    metrics.blocks_unavailable.inc();
+                }
+                tracing::error!(%err, "read failed mid-stream; aborting the response");
+                Err(std::io::Error::other(err.to_string()))
+            }
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        });
+    let first = match pieces.next().await {
+        None => return Ok(Body::empty()),
+        Some(Ok(first)) => first,
+        Some(Err(err)) => {
+            state.metrics.blocks_unavailable.inc();
+            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()));
+        }
+    };
+    let stream = futures_util::stream::once(async move { Ok(first) }).chain(pieces);
+    Ok(Body::from_stream(stream))
+}
+
+async fn delete_file(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<DeleteResult>> {
+    let path = absolute(path)?;
+    let core = state.core.clone();
+    let deleted = path.clone();
+    blocking(move || core.delete(&deleted, now_us())).await?;
+    Ok(Json(DeleteResult { path, files_deleted: 1 }))
+}
+
+async fn list_root(State(state): State<AppState>) -> ApiResult<Json<DirListing>> {
+    list(state, "/".to_string()).await
+}
+
+async fn list_dir(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<DirListing>> {
+    list(state, absolute(path)?).await
+}
+
+async fn list(state: AppState, path: String) -> ApiResult<Json<DirListing>> {
+    let core = state.core.clone();
+    let listed_path = path.clone();
+    let listed = blocking(move || core.list(&listed_path)).await?;
+    let entries = listed
+        .into_iter()
+        .map(|listed| DirListingEntry {
+            name: listed.name,
+            kind: match listed.entry.kind {
+                EntryKind::File => "file".into(),
+                EntryKind::Dir => "dir".into(),
+            },
+            size: listed.entry.size,
+            modified_ms: listed.entry.version.unix_ms(),
+        })
+        .collect();
+    Ok(Json(DirListing { path, entries }))
+}
+
+async fn make_dir(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
+    let path = absolute(path)?;
+    let core = state.core.clone();
+    let made = path.clone();
+    let created = blocking(move || core.mkdir(&made, now_us())).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(MkdirResult { path, created })).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct RemoveDirQuery {
+    #[serde(default)]
+    recursive: bool,
+}
+
+async fn remove_dir(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<RemoveDirQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<DeleteResult>> {
+    let path = absolute(path)?;
+    let Query(query) = query.map_err(|err| ApiError::bad_request(err.body_text()))?;
+    let core = state.core.clone();
+    let removed = path.clone();
+    let files_deleted = blocking(move || core.rmdir(&removed, query.recursive, now_us())).await?;
+    Ok(Json(DeleteResult { path, files_deleted }))
+}
+
+async fn status(State(state): State<AppState>) -> ApiResult<Json<api::Status>> {
+    let core = state.core.clone();
+    let usage = blocking(move || Ok(core.store().usage()?)).await?;
+    let member = api::Member {
+        node_id: state.node_id.to_string(),
+        http_addr: state.http_addr.to_string(),
+        cluster_addr: state.cluster_addr.to_string(),
+        state: "alive".into(),
+        disk_used_bytes: usage.used_bytes,
+        disk_available_bytes: usage.available_bytes,
+        state_age_ms: now_ms().saturating_sub(state.started_ms),
+    };
+    Ok(Json(api::Status {
+        node_id: state.node_id.to_string(),
+        shoal_version: env!("CARGO_PKG_VERSION").into(),
+        replication: api::Replication { n: 1, w: 1, r: 1 },
+        members: vec![member],
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let core = state.core.clone();
+    if let Ok(usage) = blocking(move || Ok(core.store().usage()?)).await {
+        state.metrics.disk_used_bytes.set(usage.used_bytes as i64);
+        state.metrics.disk_available_bytes.set(usage.available_bytes as i64);
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    Ok((headers, state.metrics.encode()).into_response())
+}

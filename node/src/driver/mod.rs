@@ -1,0 +1,142 @@
+//! The tokio driver: owns the sockets, the clock and the tasks, and feeds the sans-IO core
+//! (ARCHITECTURE §2). The only module allowed to read the clock or spawn tasks.
+#![allow(clippy::disallowed_methods)]
+
+mod http;
+mod identity;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use shoal_storage::{FjallStore, FjallStoreConfig, NodeId, Store};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::core::files::{FileCore, FileError};
+
+pub use identity::load_or_create_node_id;
+
+/// Microseconds since the Unix epoch: the `now` the core is fed.
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+/// Runs `work` on the blocking pool: the core and fjall block, async workers must not.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, FileError> + Send + 'static,
+) -> Result<T, FileError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        // A panic in the core is a bug; re-raise it here rather than hide it.
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// A running node: its addresses and a way to stop it.
+pub struct Node {
+    /// Where the HTTP API listens (the real port when the config asked for port 0).
+    pub http_addr: SocketAddr,
+    /// This node's id.
+    pub node_id: NodeId,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Node {
+    /// Opens the store, binds the HTTP API and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+        let node_id = load_or_create_node_id(&config.data_dir)?;
+        let store_config = FjallStoreConfig {
+            path: config.data_dir.clone(),
+            disk_reserve_bytes: config.disk_reserve_bytes,
+            capacity_bytes: config.capacity_bytes,
+            cache_bytes: config.cache_bytes,
+        };
+        let store = tokio::task::spawn_blocking(move || FjallStore::open(store_config))
+            .await?
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+        let store = Arc::new(store);
+        let core = Arc::new(FileCore::new(store.clone(), node_id, config.block_size_bytes));
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
+        let http_addr = listener.local_addr()?;
+        let state = http::AppState::new(core, node_id, http_addr, &config, now_ms());
+        let (shutdown, mut stop) = watch::channel(false);
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        tracing::info!(node_id = %node_id, %http_addr, data_dir = %config.data_dir.display(), "shoal node serving");
+
+        let task = tokio::spawn(async move {
+            let mut stop_serving = stop.clone();
+            let serve = axum::serve(listener, http::router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = stop_serving.wait_for(|stop| *stop).await;
+                })
+                .into_future();
+            tokio::pin!(serve);
+            tokio::select! {
+                result = &mut serve => result?,
+                _ = async {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                    tokio::time::sleep(grace).await;
+                } => tracing::warn!("requests still running after the shutdown grace period; stopping anyway"),
+            }
+            // Whatever was acknowledged is already durable; this makes the rest durable too.
+            let store_for_sync = store.clone();
+            tokio::task::spawn_blocking(move || store_for_sync.sync()).await??;
+            tracing::info!("shoal node stopped");
+            Ok(())
+        });
+        Ok(Node { http_addr, node_id, shutdown, task })
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish (within the grace period), syncs
+    /// and returns.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await?
+    }
+
+    /// Serves until SIGINT or SIGTERM, then stops gracefully.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received; finishing in-flight requests");
+        self.stop().await
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
