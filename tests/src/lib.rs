@@ -1,10 +1,10 @@
-//! (Harness code, not protocol logic: it reads the wall clock to bound waits.)
-#![allow(clippy::disallowed_methods)]
 //! The end-to-end harness: real `shoal` processes on loopback ports, killed when dropped (even
 //! when a test fails), plus helpers to run the CLI.
 //!
 //! The binary is built once per test process with `escargot` (the `tests` crate is not the
 //! package that owns the binary, so `CARGO_BIN_EXE_shoal` does not exist here).
+// Harness code, not protocol logic: it reads the wall clock to bound its waits.
+#![allow(clippy::disallowed_methods)]
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
