@@ -75,6 +75,9 @@ pub struct FjallStore {
     merge_lock: Mutex<()>,
     /// Bytes in block files, counted at open and kept up to date.
     block_file_bytes: AtomicU64,
+    /// Bytes of block writes in progress. Counted before the room check, so concurrent writers
+    /// cannot all pass the check and overshoot the capacity together.
+    reserved_bytes: AtomicU64,
     tmp_counter: AtomicU64,
 }
 
@@ -119,6 +122,7 @@ impl FjallStore {
             commit: GroupCommit::new(),
             merge_lock: Mutex::new(()),
             block_file_bytes: AtomicU64::new(block_file_bytes),
+            reserved_bytes: AtomicU64::new(0),
             tmp_counter: AtomicU64::new(0),
         })
     }
@@ -138,7 +142,8 @@ impl FjallStore {
         if fs::metadata(&path).is_ok_and(|meta| meta.len() == bytes.len() as u64) {
             return Ok(()); // content-addressed: the same name holds the same bytes
         }
-        self.ensure_room(bytes.len() as u64)?;
+        let len = bytes.len() as u64;
+        let _reservation = self.reserve(len)?;
         let tmp = self.tmp_dir.join(format!("{}.{}", hash.to_hex(), self.tmp_counter.fetch_add(1, Ordering::Relaxed)));
         let written = (|| -> io::Result<()> {
             let mut file = File::create(&tmp)?;
@@ -151,8 +156,23 @@ impl FjallStore {
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::from_io(err));
         }
-        self.block_file_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.block_file_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Claims room for `bytes` until the returned guard is dropped, or fails with
+    /// [`StoreError::Full`] claiming nothing.
+    fn reserve(&self, bytes: u64) -> Result<Reservation<'_>, StoreError> {
+        self.reserved_bytes.fetch_add(bytes, Ordering::SeqCst);
+        let reservation = Reservation { counter: &self.reserved_bytes, bytes };
+        // Our own claim is part of the reserved total; the room check must not count it twice.
+        let usage = self.usage()?;
+        let others_and_us = self.reserved_bytes.load(Ordering::SeqCst);
+        let available_bytes = usage.available_bytes.saturating_add(bytes).saturating_sub(others_and_us);
+        if bytes > available_bytes {
+            return Err(StoreError::Full { needed_bytes: bytes, available_bytes });
+        }
+        Ok(reservation)
     }
 
     /// Replaces a small block's stored bytes without checking them, as bit rot would. Only for
@@ -169,6 +189,19 @@ impl FjallStore {
         key: &str,
     ) -> Result<Option<T>, StoreError> {
         keyspace.get(key)?.map(|bytes| decode(what, &bytes)).transpose()
+    }
+}
+
+/// Room claimed for a block write in progress; released on drop, when the write has either
+/// failed or been counted in `block_file_bytes`.
+struct Reservation<'a> {
+    counter: &'a AtomicU64,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::SeqCst);
     }
 }
 
@@ -201,7 +234,7 @@ impl Store for FjallStore {
         if self.small_blocks.contains_key(hash.0)? {
             return Ok(());
         }
-        self.ensure_room(bytes.len() as u64)?;
+        let _reservation = self.reserve(bytes.len() as u64)?;
         self.small_blocks.insert(hash.0, bytes)?;
         Ok(())
     }
@@ -290,6 +323,10 @@ impl Store for FjallStore {
 
     fn ensure_room(&self, bytes: u64) -> Result<(), StoreError> {
         let usage = self.usage()?;
+        let usage = Usage {
+            available_bytes: usage.available_bytes.saturating_sub(self.reserved_bytes.load(Ordering::SeqCst)),
+            ..usage
+        };
         if bytes > usage.available_bytes {
             return Err(StoreError::Full { needed_bytes: bytes, available_bytes: usage.available_bytes });
         }

@@ -202,6 +202,33 @@ fn the_fjall_store_refuses_data_when_its_capacity_is_used() {
 }
 
 #[test]
+fn concurrent_block_writes_cannot_overshoot_the_capacity_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let baseline = fjall_store(dir.path()).usage().expect("usage").used_bytes;
+    let store = FjallStore::open(FjallStoreConfig {
+        disk_reserve_bytes: 0,
+        capacity_bytes: Some(baseline + 1_000_000),
+        ..FjallStoreConfig::new(dir.path())
+    })
+    .expect("open");
+    // Eight writers of 300 kB against room for three: at most three may succeed.
+    let stored = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for writer in 0..8u8 {
+            let (store, stored) = (&store, &stored);
+            scope.spawn(move || {
+                let bytes = vec![writer; 300_000];
+                if store.put_block(&BlockHash::of(&bytes), &bytes).is_ok() {
+                    stored.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    assert!(stored.into_inner() <= 3);
+    assert!(store.usage().expect("usage").used_bytes <= baseline + 1_000_000);
+}
+
+#[test]
 fn the_fjall_store_refuses_data_when_the_disk_reserve_is_reached() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store =

@@ -117,7 +117,11 @@ impl ShoalProcess {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("shoal serve did not answer on {} within {START_TIMEOUT:?}; log:\n{}", self.http_addr, self.log_text());
+                bail!(
+                    "shoal serve did not answer on {} within {START_TIMEOUT:?}; log:\n{}",
+                    self.http_addr,
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -228,6 +228,7 @@ async fn put_file(
     }
     let core = state.core.clone();
     let stat = blocking(move || core.commit_upload(upload, declared, now_us())).await?;
+    tracing::debug!(path = %stat.path, size = stat.meta.size, version = %version_string(&stat), "file stored");
     Ok((StatusCode::CREATED, Json(file_info(&stat))).into_response())
 }
 
