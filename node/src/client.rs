@@ -12,6 +12,7 @@ use reqwest::header::{CONTENT_LENGTH, RANGE};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::api::{self, DeleteResult, DirListing, ErrorBody, FileInfo, MkdirResult, Status};
+use crate::core::path::ShoalPath;
 
 /// Characters escaped inside one path component of a URL.
 const COMPONENT: &AsciiSet = &CONTROLS
@@ -58,6 +59,15 @@ pub enum ClientError {
         /// What arrived.
         received: String,
     },
+    /// The remote path is malformed; nothing was sent. Checked here because URL handling
+    /// would otherwise resolve `..` and send a different, valid path.
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath {
+        /// The path given.
+        path: String,
+        /// Why it is refused.
+        reason: crate::core::path::PathError,
+    },
     /// The node sent something that is not a Shoal answer.
     #[error("unexpected answer from the node: {0}")]
     Protocol(String),
@@ -99,10 +109,13 @@ impl Client {
         &self.base
     }
 
-    fn url(&self, kind: &str, path: &str) -> String {
+    fn url(&self, kind: &str, path: &str) -> Result<String> {
         let path = remote_path(path);
+        if let Err(reason) = ShoalPath::parse(&path) {
+            return Err(ClientError::InvalidPath { path, reason });
+        }
         let encoded: Vec<String> = path.split('/').map(|c| utf8_percent_encode(c, COMPONENT).to_string()).collect();
-        format!("{}/v1/{kind}{}", self.base, encoded.join("/"))
+        Ok(format!("{}/v1/{kind}{}", self.base, encoded.join("/")))
     }
 
     /// Uploads a stream of `size` bytes (if known) with an optional BLAKE3 for the node to check.
@@ -116,7 +129,7 @@ impl Client {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
-        let mut request = self.http.put(self.url("files", remote)).body(reqwest::Body::wrap_stream(body));
+        let mut request = self.http.put(self.url("files", remote)?).body(reqwest::Body::wrap_stream(body));
         if let Some(size) = size {
             request = request.header(CONTENT_LENGTH, size);
         }
@@ -131,13 +144,14 @@ impl Client {
         let bytes: Bytes = bytes.into();
         let hash = blake3::hash(&bytes).to_hex().to_string();
         let response =
-            self.http.put(self.url("files", remote)).header(api::HEADER_BLAKE3, hash).body(bytes).send().await?;
+            self.http.put(self.url("files", remote)?).header(api::HEADER_BLAKE3, hash).body(bytes).send().await?;
         json(response).await
     }
 
     /// Uploads a local file: hashes it first, so the node refuses anything that arrives
     /// changed, then streams it, advancing `progress` as bytes go out.
     pub async fn put_file(&self, local: &Path, remote: &str, progress: Option<ProgressBar>) -> Result<FileInfo> {
+        self.url("files", remote)?; // refuse a bad remote path before reading a large local file
         let owned = local.to_path_buf();
         let (size, hash) = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
             let mut hasher = blake3::Hasher::new();
@@ -165,7 +179,7 @@ impl Client {
         out: &mut W,
         progress: Option<&ProgressBar>,
     ) -> Result<FileInfo> {
-        let response = check(self.http.get(self.url("files", remote)).send().await?).await?;
+        let response = check(self.http.get(self.url("files", remote)?).send().await?).await?;
         let info = info_from_headers(remote, response.headers(), response.content_length())?;
         if let Some(progress) = progress {
             progress.set_length(info.size);
@@ -201,7 +215,7 @@ impl Client {
     pub async fn get_range(&self, remote: &str, start: u64, end_inclusive: u64) -> Result<Vec<u8>> {
         let response = self
             .http
-            .get(self.url("files", remote))
+            .get(self.url("files", remote)?)
             .header(RANGE, format!("bytes={start}-{end_inclusive}"))
             .send()
             .await?;
@@ -214,30 +228,37 @@ impl Client {
 
     /// A file's header (HEAD).
     pub async fn stat(&self, remote: &str) -> Result<FileInfo> {
-        let response = check(self.http.head(self.url("files", remote)).send().await?).await?;
+        let response = self.http.head(self.url("files", remote)?).send().await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            // HEAD answers carry no body, so no message: say it here.
+            let message = format!("{}: no such file or directory", remote_path(remote));
+            return Err(ClientError::Api { status: 404, message });
+        }
+        let response = check(response).await?;
         let length = response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
         info_from_headers(remote, response.headers(), length)
     }
 
     /// Deletes a file.
     pub async fn delete_file(&self, remote: &str) -> Result<DeleteResult> {
-        json(self.http.delete(self.url("files", remote)).send().await?).await
+        json(self.http.delete(self.url("files", remote)?).send().await?).await
     }
 
     /// Lists a directory.
     pub async fn list(&self, remote: &str) -> Result<DirListing> {
-        let url = if remote_path(remote) == "/" { format!("{}/v1/dirs/", self.base) } else { self.url("dirs", remote) };
+        let url =
+            if remote_path(remote) == "/" { format!("{}/v1/dirs/", self.base) } else { self.url("dirs", remote)? };
         json(self.http.get(url).send().await?).await
     }
 
     /// Makes a directory (and its parents).
     pub async fn mkdir(&self, remote: &str) -> Result<MkdirResult> {
-        json(self.http.put(self.url("dirs", remote)).send().await?).await
+        json(self.http.put(self.url("dirs", remote)?).send().await?).await
     }
 
     /// Removes a directory; `recursive` removes everything below it too.
     pub async fn remove_dir(&self, remote: &str, recursive: bool) -> Result<DeleteResult> {
-        let url = format!("{}?recursive={recursive}", self.url("dirs", remote));
+        let url = format!("{}?recursive={recursive}", self.url("dirs", remote)?);
         json(self.http.delete(url).send().await?).await
     }
 
@@ -297,7 +318,18 @@ mod tests {
     #[test]
     fn path_components_are_escaped_but_slashes_are_kept() {
         let client = Client::new("http://127.0.0.1:1/").expect("client");
-        assert_eq!(client.url("files", "a b/c?d#e%f"), "http://127.0.0.1:1/v1/files/a%20b/c%3Fd%23e%25f");
-        assert_eq!(client.url("dirs", "/x"), "http://127.0.0.1:1/v1/dirs/x");
+        assert_eq!(
+            client.url("files", "a b/c?d#e%f").expect("valid"),
+            "http://127.0.0.1:1/v1/files/a%20b/c%3Fd%23e%25f"
+        );
+        assert_eq!(client.url("dirs", "/x").expect("valid"), "http://127.0.0.1:1/v1/dirs/x");
+    }
+
+    #[test]
+    fn malformed_paths_are_refused_before_anything_is_sent() {
+        let client = Client::new("http://127.0.0.1:1").expect("client");
+        for bad in ["/a/../b", "/a//b", "/./x"] {
+            assert!(matches!(client.url("files", bad), Err(ClientError::InvalidPath { .. })), "{bad}");
+        }
     }
 }
