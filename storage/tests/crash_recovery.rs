@@ -18,7 +18,7 @@ const KEYS_PER_THREAD: u64 = 10_000;
 /// The content written under key `i`: small and large blocks alternate, so both the fjall
 /// path and the block-file path are cut off mid-write.
 fn content(i: u64) -> Vec<u8> {
-    let size = if i % 2 == 0 { 1_000 } else { 150_000 };
+    let size = if i.is_multiple_of(2) { 1_000 } else { 150_000 };
     let mut bytes = vec![(i % 251) as u8; size];
     bytes[..8].copy_from_slice(&i.to_le_bytes());
     bytes
