@@ -1,6 +1,21 @@
-//! Membership and placement for Shoal: SWIM gossip through `foca`, member records, and the
-//! consistent-hash ring that gives every key its preference list (ARCHITECTURE §4, §5).
+//! Membership for Shoal (ARCHITECTURE §4): SWIM through `foca`, member records as versioned
+//! custom broadcasts, and a small envelope around every packet that carries the cluster's id
+//! and the seed handshake. Pure logic: no sockets, no clock, no global RNG. The tokio driver
+//! (`shoal-node`) and the simulator (`shoal-sim`) both feed [`Membership`] the same way.
 //!
-//! Placeholder: the foundation runs a single node (N = 1), which needs neither gossip nor a
-//! ring. The membership issue fills this crate; until then it deliberately holds no logic, so
-//! nothing can mistake a stand-in for the real protocol.
+//! Placement (the ring) joins this crate with the replication milestone.
+#![forbid(unsafe_code)]
+
+mod codec;
+mod config;
+mod envelope;
+mod identity;
+mod membership;
+mod record;
+
+pub use codec::BincodeCodec;
+pub use config::{ConfigError, MembershipConfig, Preset};
+pub use envelope::{ENVELOPE_BYTES, PACKET_BYTES_MAX};
+pub use identity::NodeIdentity;
+pub use membership::{MemberState, MemberView, Membership, Output, Stats, TimerEvent};
+pub use record::{MemberRecord, RecordStatus};
