@@ -115,7 +115,7 @@ mod tests {
             src: identity(1),
             src_incarnation: 3 as Incarnation,
             dst: identity(2),
-            message: Message::IndirectPing { probe_number: 9, target: identity(3) },
+            message: Message::IndirectPing { probe_number: 9, origin: identity(3) },
         };
         let mut buf = Vec::new();
         codec.encode_header(&header, &mut buf).expect("encode");
