@@ -14,7 +14,7 @@ mod membership;
 mod record;
 
 pub use codec::BincodeCodec;
-pub use config::{ConfigError, MembershipConfig, Preset};
+pub use config::{CLUSTER_NAME_BYTES_MAX, ConfigError, MembershipConfig, Preset, ZONE_BYTES_MAX};
 pub use envelope::{ENVELOPE_BYTES, PACKET_BYTES_MAX};
 pub use identity::NodeIdentity;
 pub use membership::{MemberState, MemberView, Membership, Output, Stats, TimerEvent};

@@ -285,10 +285,11 @@ impl Membership {
         if let Err(err) = self.foca.broadcast(&mut self.runtime) {
             tracing::debug!(%err, "broadcast before leaving failed");
         }
+        // Set first: foca answers leave_cluster with `Defunct`, expected now, not a warning.
+        self.left = true;
         if let Err(err) = self.foca.leave_cluster(&mut self.runtime) {
             tracing::debug!(%err, "leave failed");
         }
-        self.left = true;
         self.drain(now_ms);
     }
 
@@ -395,6 +396,7 @@ impl Membership {
                 }
                 OwnedNotification::Idle => tracing::info!("no active members left in view"),
                 OwnedNotification::Active => tracing::info!("joined the cluster"),
+                OwnedNotification::Defunct if self.left => tracing::debug!("left the cluster"),
                 OwnedNotification::Defunct => tracing::warn!("this node's identity was declared down"),
             }
         }

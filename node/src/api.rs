@@ -98,16 +98,20 @@ pub struct Replication {
 pub struct Member {
     /// Full node id (32 hex digits).
     pub node_id: String,
-    /// HTTP API address.
+    /// HTTP API address (empty until the member's record arrived).
     pub http_addr: String,
     /// Cluster (gossip and RPC) address.
     pub cluster_addr: String,
+    /// Failure domain.
+    pub zone: String,
     /// `alive`, `suspect`, `down`, `leaving` or `left`.
     pub state: String,
+    /// Which run of the node this is; goes up on every restart.
+    pub generation: u64,
+    /// Bytes the member offers.
+    pub capacity_bytes: u64,
     /// Bytes of data stored.
     pub disk_used_bytes: u64,
-    /// Bytes still available for data.
-    pub disk_available_bytes: u64,
-    /// Milliseconds since the member entered its current state.
+    /// Milliseconds since this node saw the member enter its current state.
     pub state_age_ms: u64,
 }

@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Upload a local file (or `-` for standard input) to REMOTE.
     Put {
         /// Local file, or `-` to read standard input.
@@ -112,6 +112,31 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get after SIGTERM [default: 30].
     #[arg(long)]
     pub shutdown_grace_secs: Option<u64>,
+    /// Cluster address (host:port) of a member to join through; repeat for several. Adds to
+    /// the config file's `seeds`.
+    #[arg(long = "seed", value_name = "HOST:PORT")]
+    pub seeds: Vec<String>,
+    /// Cluster name; gossip from other clusters is dropped [default: shoal].
+    #[arg(long)]
+    pub cluster_name: Option<String>,
+    /// Gossip timing preset: lan, wan or local [default: lan].
+    #[arg(long, value_parser = parse_preset)]
+    pub gossip_preset: Option<shoal_membership::Preset>,
+    /// Failure domain of this node [default: default].
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Expected cluster size [default: 16].
+    #[arg(long)]
+    pub expected_members: Option<u32>,
+}
+
+fn parse_preset(value: &str) -> Result<shoal_membership::Preset, String> {
+    match value {
+        "lan" => Ok(shoal_membership::Preset::Lan),
+        "wan" => Ok(shoal_membership::Preset::Wan),
+        "local" => Ok(shoal_membership::Preset::Local),
+        other => Err(format!("{other:?} is not a preset (lan, wan, local)")),
+    }
 }
 
 impl ServeArgs {
@@ -133,8 +158,13 @@ impl ServeArgs {
             cache_bytes,
             upload_blocks_in_flight_max,
             download_blocks_ahead_max,
-            shutdown_grace_secs
+            shutdown_grace_secs,
+            cluster_name,
+            gossip_preset,
+            zone,
+            expected_members
         );
+        config.seeds.extend(self.seeds.iter().cloned());
         if let Some(capacity) = self.capacity_bytes {
             config.capacity_bytes = Some(capacity);
         }
@@ -311,29 +341,36 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let r = status.replication;
-    println!(
-        "cluster as seen by {} (shoal {}), N={} W={} R={}",
-        &status.node_id[..8],
-        status.shoal_version,
-        r.n,
-        r.w,
-        r.r
-    );
-    println!(
-        "{:<10} {:<22} {:<22} {:<8} {:>12} {:>12} {:>10}",
-        "NODE", "HTTP", "CLUSTER", "STATE", "USED", "AVAILABLE", "SINCE"
-    );
-    for m in &status.members {
-        println!(
-            "{:<10} {:<22} {:<22} {:<8} {:>12} {:>12} {:>10}",
-            &m.node_id[..8.min(m.node_id.len())],
-            m.http_addr,
-            m.cluster_addr,
-            m.state,
-            human_bytes(m.disk_used_bytes),
-            human_bytes(m.disk_available_bytes),
-            human_duration(m.state_age_ms),
-        );
+    let me = status.node_id.get(..8).unwrap_or(&status.node_id);
+    println!("cluster as seen by {me} (shoal {}), N={} W={} R={}", status.shoal_version, r.n, r.w, r.r);
+    let header = ["NODE", "ADDRESS", "HTTP", "ZONE", "STATE", "GEN", "CAPACITY", "USED", "SINCE"];
+    let rows: Vec<[String; 9]> = status
+        .members
+        .iter()
+        .map(|m| {
+            [
+                m.node_id.get(..8).unwrap_or(&m.node_id).to_string(),
+                m.cluster_addr.clone(),
+                m.http_addr.clone(),
+                m.zone.clone(),
+                m.state.clone(),
+                m.generation.to_string(),
+                human_bytes(m.capacity_bytes),
+                human_bytes(m.disk_used_bytes),
+                human_duration(m.state_age_ms),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|row| row[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
     }
     Ok(())
 }

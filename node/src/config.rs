@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use shoal_membership::Preset;
 
 /// Smallest block size accepted: below this, per-block overhead dominates.
 pub const BLOCK_SIZE_BYTES_MIN: u32 = 4 * 1024;
@@ -41,6 +42,19 @@ pub struct Config {
     /// Seconds that in-flight requests get to finish after SIGTERM before the node exits
     /// anyway. Default 30.
     pub shutdown_grace_secs: u64,
+    /// Name of the cluster; gossip from a cluster with another name is dropped. Default
+    /// `shoal`.
+    pub cluster_name: String,
+    /// Cluster addresses (`host:port`) of members to join through. Empty for the first node.
+    /// The node keeps asking them until it has joined.
+    pub seeds: Vec<String>,
+    /// Gossip timing: `lan` (probe every 1 s), `wan` (every 5 s) or `local` (every 200 ms, for
+    /// loopback clusters and tests). Default `lan`.
+    pub gossip_preset: Preset,
+    /// Failure domain of this node (rack, room, region). Default `default`.
+    pub zone: String,
+    /// Expected cluster size; scales gossip dissemination and suspicion timeouts. Default 16.
+    pub expected_members: u32,
 }
 
 impl Default for Config {
@@ -56,6 +70,11 @@ impl Default for Config {
             upload_blocks_in_flight_max: 4,
             download_blocks_ahead_max: 2,
             shutdown_grace_secs: 30,
+            cluster_name: "shoal".into(),
+            seeds: Vec::new(),
+            gossip_preset: Preset::Lan,
+            zone: "default".into(),
+            expected_members: 16,
         }
     }
 }
@@ -121,6 +140,20 @@ impl Config {
                 format!("{} is outside 1..=64", self.upload_blocks_in_flight_max),
             );
         }
+        if self.zone.is_empty() || self.zone.len() > shoal_membership::ZONE_BYTES_MAX {
+            return invalid("zone", format!("must be 1 to {} bytes", shoal_membership::ZONE_BYTES_MAX));
+        }
+        if self.expected_members == 0 {
+            return invalid("expected_members", "must be positive".into());
+        }
+        if let Err(err) = self.membership_config().validate() {
+            return invalid("cluster_name", err.to_string());
+        }
+        for seed in &self.seeds {
+            if seed.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+                return invalid("seeds", format!("{seed:?} is not host:port"));
+            }
+        }
         if !(1..=64).contains(&self.download_blocks_ahead_max) {
             return invalid(
                 "download_blocks_ahead_max",
@@ -128,6 +161,14 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The membership settings this config describes.
+    pub fn membership_config(&self) -> shoal_membership::MembershipConfig {
+        let expected = std::num::NonZeroU32::new(self.expected_members).unwrap_or(std::num::NonZeroU32::MIN);
+        shoal_membership::MembershipConfig::new(self.cluster_name.clone(), self.gossip_preset, expected)
     }
 }
 
@@ -163,6 +204,10 @@ mod tests {
         let err = config.validate().expect_err("too small").to_string();
         assert!(err.contains("block_size_bytes"), "{err}");
         let config = Config { cluster_addr: Config::default().http_addr, ..Config::default() };
+        assert!(config.validate().is_err());
+        let config = Config { seeds: vec!["no-port".into()], ..Config::default() };
+        assert!(config.validate().expect_err("bad seed").to_string().contains("seeds"));
+        let config = Config { cluster_name: String::new(), ..Config::default() };
         assert!(config.validate().is_err());
     }
 }

@@ -2,7 +2,6 @@
 //! `upload_blocks_in_flight_max + 1` blocks in memory, a download
 //! `download_blocks_ahead_max + 1`, whatever the file size.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -17,6 +16,7 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use headers::HeaderMapExt;
 use shoal_storage::{BlockHash, EntryKind, FjallStore, NodeId, Store, StoreError};
 
+use super::gossip::Gossip;
 use super::metrics::{Metrics, RequestLabels};
 use super::{blocking, now_ms, now_us};
 use crate::api::{self, DeleteResult, DirListing, DirListingEntry, ErrorBody, FileInfo, MkdirResult};
@@ -27,10 +27,9 @@ use crate::core::files::{FileCore, FileError, FileStat, ReadPlan};
 #[derive(Clone)]
 pub struct AppState {
     core: Arc<FileCore<FjallStore>>,
+    gossip: Gossip,
     metrics: Arc<Metrics>,
     node_id: NodeId,
-    http_addr: SocketAddr,
-    cluster_addr: SocketAddr,
     started_ms: u64,
     upload_blocks_in_flight_max: usize,
     download_blocks_ahead_max: usize,
@@ -39,17 +38,16 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         core: Arc<FileCore<FjallStore>>,
-        node_id: NodeId,
-        http_addr: SocketAddr,
+        gossip: Gossip,
         config: &Config,
+        node_id: NodeId,
         started_ms: u64,
     ) -> Self {
         Self {
             core,
+            gossip,
             metrics: Arc::new(Metrics::new()),
             node_id,
-            http_addr,
-            cluster_addr: config.cluster_addr,
             started_ms,
             upload_blocks_in_flight_max: config.upload_blocks_in_flight_max,
             download_blocks_ahead_max: config.download_blocks_ahead_max,
@@ -421,22 +419,35 @@ async fn remove_dir(
 }
 
 async fn status(State(state): State<AppState>) -> ApiResult<Json<api::Status>> {
-    let core = state.core.clone();
-    let usage = blocking(move || Ok(core.store().usage()?)).await?;
-    let member = api::Member {
-        node_id: state.node_id.to_string(),
-        http_addr: state.http_addr.to_string(),
-        cluster_addr: state.cluster_addr.to_string(),
-        state: "alive".into(),
-        disk_used_bytes: usage.used_bytes,
-        disk_available_bytes: usage.available_bytes,
-        state_age_ms: now_ms().saturating_sub(state.started_ms),
-    };
+    let (views, _) = state
+        .gossip
+        .members()
+        .await
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "membership is shutting down"))?;
+    let now = now_ms();
+    let members = views
+        .into_iter()
+        .map(|view| {
+            let record = view.record.as_ref();
+            api::Member {
+                node_id: format!("{:032x}", view.identity.node_id),
+                http_addr: record.map(|r| r.http_addr.to_string()).unwrap_or_default(),
+                cluster_addr: view.identity.addr.to_string(),
+                zone: record.map(|r| r.zone.clone()).unwrap_or_default(),
+                state: view.state.as_str().into(),
+                generation: view.identity.generation,
+                capacity_bytes: record.map_or(0, |r| r.capacity_bytes),
+                disk_used_bytes: record.map_or(0, |r| r.disk_used_bytes),
+                // Before anything changed, a member's state dates from this node's start.
+                state_age_ms: now.saturating_sub(view.state_since_ms.max(state.started_ms)),
+            }
+        })
+        .collect();
     Ok(Json(api::Status {
         node_id: state.node_id.to_string(),
         shoal_version: env!("CARGO_PKG_VERSION").into(),
         replication: api::Replication { n: 1, w: 1, r: 1 },
-        members: vec![member],
+        members,
     }))
 }
 
@@ -445,6 +456,9 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     if let Ok(usage) = blocking(move || Ok(core.store().usage()?)).await {
         state.metrics.disk_used_bytes.set(usage.used_bytes as i64);
         state.metrics.disk_available_bytes.set(usage.available_bytes as i64);
+    }
+    if let Some((views, stats)) = state.gossip.members().await {
+        state.metrics.observe_gossip(stats, &views);
     }
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

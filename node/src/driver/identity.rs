@@ -7,6 +7,7 @@ use rand::RngExt;
 use shoal_storage::NodeId;
 
 const NODE_ID_FILE: &str = "node_id";
+const GENERATION_FILE: &str = "generation";
 
 /// Reads the node id from `data_dir/node_id`, or makes a random one and writes it durably.
 pub fn load_or_create_node_id(data_dir: &Path) -> anyhow::Result<NodeId> {
@@ -30,6 +31,28 @@ pub fn load_or_create_node_id(data_dir: &Path) -> anyhow::Result<NodeId> {
     }
 }
 
+/// Reads the generation of the previous run from `data_dir/generation`, adds one, and writes
+/// it durably before returning it: every start of a node is a new generation, so the cluster
+/// tells a restarted node from its previous run.
+pub fn next_generation(data_dir: &Path) -> anyhow::Result<u64> {
+    let path = data_dir.join(GENERATION_FILE);
+    let previous = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .with_context(|| format!("{} does not hold a generation number", path.display()))?,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let next = previous + 1;
+    let tmp = data_dir.join(format!("{GENERATION_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{next}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +64,12 @@ mod tests {
         assert_eq!(load_or_create_node_id(dir.path()).expect("load"), first);
         std::fs::write(dir.path().join(NODE_ID_FILE), "garbage").expect("write");
         assert!(load_or_create_node_id(dir.path()).is_err());
+    }
+
+    #[test]
+    fn every_start_is_a_new_generation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(next_generation(dir.path()).expect("first"), 1);
+        assert_eq!(next_generation(dir.path()).expect("second"), 2);
     }
 }

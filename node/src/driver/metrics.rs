@@ -34,6 +34,36 @@ pub struct Metrics {
     pub disk_used_bytes: Gauge,
     /// Bytes still available for data, updated on every scrape.
     pub disk_available_bytes: Gauge,
+    /// Gossip datagrams and bytes, by direction.
+    pub gossip_traffic: Family<TrafficLabels, Counter>,
+    /// Gossip datagrams dropped, by reason.
+    pub gossip_dropped: Family<DropLabels, Counter>,
+    /// Members by state in this node's view, updated on every scrape.
+    pub members: Family<StateLabels, Gauge>,
+    last_gossip: std::sync::Mutex<shoal_membership::Stats>,
+}
+
+/// Labels of the gossip traffic counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrafficLabels {
+    /// `in` or `out`.
+    pub direction: &'static str,
+    /// `packets` or `bytes`.
+    pub unit: &'static str,
+}
+
+/// Labels of the gossip drop counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `malformed`, `oversized` or `foreign_cluster`.
+    pub reason: &'static str,
+}
+
+/// Labels of the member gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// alive, suspect, down, leaving, left.
+    pub state: &'static str,
 }
 
 impl Metrics {
@@ -58,7 +88,17 @@ impl Metrics {
         registry.register("disk_used_bytes", "Bytes stored by this node", disk_used_bytes.clone());
         let disk_available_bytes = Gauge::default();
         registry.register("disk_available_bytes", "Bytes still available for data", disk_available_bytes.clone());
+        let gossip_traffic = Family::<TrafficLabels, Counter>::default();
+        registry.register("gossip_traffic", "Gossip datagrams and bytes by direction", gossip_traffic.clone());
+        let gossip_dropped = Family::<DropLabels, Counter>::default();
+        registry.register("gossip_dropped", "Gossip datagrams dropped, by reason", gossip_dropped.clone());
+        let members = Family::<StateLabels, Gauge>::default();
+        registry.register("members", "Members by state in this node's view", members.clone());
         Self {
+            gossip_traffic,
+            gossip_dropped,
+            members,
+            last_gossip: Default::default(),
             registry,
             requests,
             bytes_received,
@@ -67,6 +107,32 @@ impl Metrics {
             blocks_unavailable,
             disk_used_bytes,
             disk_available_bytes,
+        }
+    }
+
+    /// Brings the gossip counters and member gauges up to date with the core's figures.
+    pub fn observe_gossip(&self, stats: shoal_membership::Stats, views: &[shoal_membership::MemberView]) {
+        let mut last = self.last_gossip.lock().unwrap_or_else(|poison| poison.into_inner());
+        let traffic = |direction, unit, now: u64, before: u64| {
+            self.gossip_traffic.get_or_create(&TrafficLabels { direction, unit }).inc_by(now.saturating_sub(before));
+        };
+        traffic("in", "packets", stats.packets_in, last.packets_in);
+        traffic("in", "bytes", stats.bytes_in, last.bytes_in);
+        traffic("out", "packets", stats.packets_out, last.packets_out);
+        traffic("out", "bytes", stats.bytes_out, last.bytes_out);
+        let dropped = |reason, now: u64, before: u64| {
+            self.gossip_dropped.get_or_create(&DropLabels { reason }).inc_by(now.saturating_sub(before));
+        };
+        dropped("malformed", stats.dropped_malformed, last.dropped_malformed);
+        dropped("oversized", stats.dropped_oversized, last.dropped_oversized);
+        dropped("foreign_cluster", stats.dropped_foreign_cluster, last.dropped_foreign_cluster);
+        *last = stats;
+        use shoal_membership::MemberState;
+        for state in
+            [MemberState::Alive, MemberState::Suspect, MemberState::Down, MemberState::Leaving, MemberState::Left]
+        {
+            let count = views.iter().filter(|view| view.state == state).count();
+            self.members.get_or_create(&StateLabels { state: state.as_str() }).set(count as i64);
         }
     }
 

@@ -2,6 +2,7 @@
 //! (ARCHITECTURE §2). The only module allowed to read the clock or spawn tasks.
 #![allow(clippy::disallowed_methods)]
 
+mod gossip;
 mod http;
 mod identity;
 mod metrics;
@@ -11,14 +12,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use rand::{RngExt, SeedableRng};
+use shoal_membership::{MemberRecord, Membership, NodeIdentity, RecordStatus};
 use shoal_storage::{FjallStore, FjallStoreConfig, NodeId, Store};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::core::files::{FileCore, FileError};
 
-pub use identity::load_or_create_node_id;
+pub use identity::{load_or_create_node_id, next_generation};
+
+use gossip::Gossip;
 
 /// Microseconds since the Unix epoch: the `now` the core is fed.
 pub(crate) fn now_us() -> u64 {
@@ -45,8 +50,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
 pub struct Node {
     /// Where the HTTP API listens (the real port when the config asked for port 0).
     pub http_addr: SocketAddr,
+    /// Where gossip listens (UDP).
+    pub cluster_addr: SocketAddr,
     /// This node's id.
     pub node_id: NodeId,
+    /// This run's generation.
+    pub generation: u64,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -73,13 +82,56 @@ impl Node {
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
         let http_addr = listener.local_addr()?;
-        let state = http::AppState::new(core, node_id, http_addr, &config, now_ms());
+        let socket = UdpSocket::bind(config.cluster_addr)
+            .await
+            .with_context(|| format!("cannot listen for gossip on {}", config.cluster_addr))?;
+        let cluster_addr = socket.local_addr()?;
+        let generation = next_generation(&config.data_dir)?;
+
+        let usage = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.usage()).await??
+        };
+        let identity = NodeIdentity { node_id: node_id.0, addr: cluster_addr, generation };
+        let record = MemberRecord {
+            node_id: node_id.0,
+            generation,
+            version: 0,
+            zone: config.zone.clone(),
+            capacity_bytes: usage.used_bytes + usage.available_bytes,
+            http_addr,
+            rpc_addr: cluster_addr,
+            status: RecordStatus::Active,
+            disk_used_bytes: usage.used_bytes,
+        };
+        let seeds = gossip::resolve_seeds(&config.seeds).await;
+        if !config.seeds.is_empty() && seeds.is_empty() {
+            tracing::warn!(seeds = ?config.seeds, "no seed resolved; this node starts a cluster of its own");
+        }
+        let membership_config = config.membership_config();
+        let linger = membership_config.foca_config().probe_period * 2;
+        let rng = rand::rngs::StdRng::seed_from_u64(rand::rng().random());
+        let membership = Membership::new(identity, record, membership_config, seeds, rng);
+        let (gossip, gossip_task) = Gossip::start(socket, membership);
+        let refresher = tokio::spawn(refresh_disk_usage(store.clone(), gossip.clone()));
+
+        let state = http::AppState::new(core, gossip.clone(), &config, node_id, now_ms());
         let (shutdown, mut stop) = watch::channel(false);
         let grace = Duration::from_secs(config.shutdown_grace_secs);
-        tracing::info!(node_id = %node_id, %http_addr, data_dir = %config.data_dir.display(), "shoal node serving");
+        tracing::info!(
+            node_id = %node_id, generation, %http_addr, %cluster_addr, seeds = ?config.seeds,
+            data_dir = %config.data_dir.display(), "shoal node serving"
+        );
 
         let task = tokio::spawn(async move {
             let mut stop_serving = stop.clone();
+            let mut stop_gossip = stop.clone();
+            // Leave the cluster while in-flight requests finish, so peers stop counting on
+            // this node and show it `left` rather than `down`.
+            let leaving = tokio::spawn(async move {
+                let _ = stop_gossip.wait_for(|stop| *stop).await;
+                gossip.leave(linger).await;
+            });
             let serve = axum::serve(listener, http::router(state))
                 .with_graceful_shutdown(async move {
                     let _ = stop_serving.wait_for(|stop| *stop).await;
@@ -93,13 +145,16 @@ impl Node {
                     tokio::time::sleep(grace).await;
                 } => tracing::warn!("requests still running after the shutdown grace period; stopping anyway"),
             }
+            refresher.abort();
+            let _ = leaving.await;
+            let _ = gossip_task.await;
             // Whatever was acknowledged is already durable; this makes the rest durable too.
             let store_for_sync = store.clone();
             tokio::task::spawn_blocking(move || store_for_sync.sync()).await??;
             tracing::info!("shoal node stopped");
             Ok(())
         });
-        Ok(Node { http_addr, node_id, shutdown, task })
+        Ok(Node { http_addr, cluster_addr, node_id, generation, shutdown, task })
     }
 
     /// Stops accepting requests, lets in-flight ones finish (within the grace period), syncs
@@ -114,6 +169,31 @@ impl Node {
         shutdown_signal().await;
         tracing::info!("shutdown signal received; finishing in-flight requests");
         self.stop().await
+    }
+}
+
+/// Keeps this node's record's disk usage current, without flooding gossip: a new version
+/// only when usage moved by 1 % or 64 MiB.
+async fn refresh_disk_usage(store: Arc<FjallStore>, gossip: Gossip) {
+    let mut published: Option<u64> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        let Ok(Ok(usage)) = tokio::task::spawn_blocking(move || store.usage()).await else { continue };
+        let moved = published.is_none_or(|before| {
+            let delta = usage.used_bytes.abs_diff(before);
+            delta >= 64 << 20 || delta.saturating_mul(100) >= before
+        });
+        if moved && published != Some(usage.used_bytes) {
+            published = Some(usage.used_bytes);
+            gossip
+                .update_record(move |record| {
+                    record.disk_used_bytes = usage.used_bytes;
+                    record.capacity_bytes = usage.used_bytes + usage.available_bytes;
+                })
+                .await;
+        }
     }
 }
 
