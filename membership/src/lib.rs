@@ -3,7 +3,7 @@
 //! and the seed handshake. Pure logic: no sockets, no clock, no global RNG. The tokio driver
 //! (`shoal-node`) and the simulator (`shoal-sim`) both feed [`Membership`] the same way.
 //!
-//! Placement (the ring) joins this crate with the replication milestone.
+//! Placement: [`Ring`] turns a membership view into each key's preference list (§5).
 #![forbid(unsafe_code)]
 
 mod codec;
@@ -12,6 +12,7 @@ mod envelope;
 mod identity;
 mod membership;
 mod record;
+mod ring;
 
 pub use codec::BincodeCodec;
 pub use config::{CLUSTER_NAME_BYTES_MAX, ConfigError, MembershipConfig, Preset, ZONE_BYTES_MAX};
@@ -19,3 +20,4 @@ pub use envelope::{ENVELOPE_BYTES, PACKET_BYTES_MAX};
 pub use identity::NodeIdentity;
 pub use membership::{MemberState, MemberView, Membership, Output, Stats, TimerEvent};
 pub use record::{MemberRecord, RecordStatus};
+pub use ring::{Ring, RingMember, VNODES_PER_MEDIAN_MEMBER, ring_members};
