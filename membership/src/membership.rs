@@ -122,7 +122,13 @@ pub struct Membership {
     stats: Stats,
     since: HashMap<u128, (MemberState, u64)>,
     left: bool,
+    seed_rounds: u64,
 }
+
+/// Once joined, seeds are greeted on one retry round in this many: enough to merge two halves
+/// that forgot each other after a long partition (foca drops down members after
+/// `remove_down_after`), too rare to matter as traffic.
+const JOINED_SEED_ROUND_EVERY: u64 = 10;
 
 impl Membership {
     /// A member with `identity` and `record`, joining through `seeds` (none for the first node
@@ -148,6 +154,7 @@ impl Membership {
             stats: Stats::default(),
             since: HashMap::new(),
             left: false,
+            seed_rounds: 0,
         };
         membership.broadcast_own_record();
         membership.hello_seeds();
@@ -245,10 +252,13 @@ impl Membership {
                 }
             }
             TimerEvent::SeedRetry => {
-                if !self.is_joined() && !self.left {
+                self.seed_rounds += 1;
+                if !self.left && !self.is_joined() {
                     if !self.seeds.is_empty() {
-                        tracing::info!(seeds = ?self.seeds, "not joined yet; asking the seeds again");
+                        tracing::info!(seeds = ?self.seeds, "not joined yet: no seed answered; asking again");
                     }
+                    self.hello_seeds();
+                } else if !self.left && self.seed_rounds.is_multiple_of(JOINED_SEED_ROUND_EVERY) {
                     self.hello_seeds();
                 }
                 self.schedule(self.config.seed_retry, TimerEvent::SeedRetry);

@@ -240,8 +240,13 @@ impl<S: Store> FileCore<S> {
     pub fn read_plan(&self, raw_path: &str, range: Option<(u64, u64)>) -> Result<ReadPlan, FileError> {
         let stat = self.stat(raw_path)?;
         let size = stat.meta.size;
+        // A whole-file read of an empty file is fine; an explicit range must hold a byte.
         let (start, end) = range.unwrap_or((0, size));
-        if start > end || end > size || (start == end && size > 0 && range.is_some()) {
+        let satisfiable = match range {
+            None => true,
+            Some(_) => start < end && end <= size,
+        };
+        if !satisfiable {
             return Err(FileError::RangeNotSatisfiable { start, end, size });
         }
         let block_size = u64::from(stat.meta.block_size);
@@ -484,6 +489,7 @@ mod tests {
         assert_eq!(read(&core, "/a/b.txt", Some((3, 9))).expect("read"), b"lo, sh");
         assert_eq!(read(&core, "/a/b.txt", Some((12, 13))).expect("read"), b"!");
         assert!(matches!(read(&core, "/a/b.txt", Some((5, 14))), Err(FileError::RangeNotSatisfiable { .. })));
+        assert!(matches!(read(&core, "/a/b.txt", Some((5, 5))), Err(FileError::RangeNotSatisfiable { .. })));
     }
 
     #[test]
