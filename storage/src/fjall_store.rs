@@ -9,6 +9,7 @@
 //! disk once. Small blocks (up to [`INLINE_BLOCK_BYTES_MAX`]) stay in fjall, where they share
 //! the journal's group-committed fsync with the record that names them.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{BlockHash, DirRecord, FileRecord, GroupCommit, RecordUpdate, Store, StoreError, Usage};
+use crate::{BlockHash, DirRecord, FileRecord, GroupCommit, Merge, RecordUpdate, Store, StoreError, Usage};
 
 /// Blocks up to this size live in fjall; larger ones are files.
 pub const INLINE_BLOCK_BYTES_MAX: usize = 64 * 1024;
@@ -182,6 +183,31 @@ impl FjallStore {
         let _ = self.small_blocks.insert(hash.0, bytes);
     }
 
+    /// Adds to `batch` the merge of `record` into what is stored at `key`. Two updates of one
+    /// key in the same batch must see each other, not the stored value: `seen` holds what the
+    /// batch already wrote.
+    fn merge_into<'k, T: Merge + Clone + Serialize + DeserializeOwned>(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        keyspace: &Keyspace,
+        what: &'static str,
+        seen: &mut HashMap<&'k str, T>,
+        key: &'k str,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        let base = match seen.remove(key) {
+            Some(seen) => Some(seen),
+            None => self.get_record(keyspace, what, key)?,
+        };
+        let merged = match base {
+            Some(base) => base.merge(record.clone()),
+            None => record.clone(),
+        };
+        batch.insert(keyspace, key, encode(what, &merged)?);
+        seen.insert(key, merged);
+        Ok(())
+    }
+
     fn get_record<T: DeserializeOwned>(
         &self,
         keyspace: &Keyspace,
@@ -283,32 +309,15 @@ impl Store for FjallStore {
     fn merge_records(&self, updates: &[RecordUpdate]) -> Result<(), StoreError> {
         let _guard = self.merge_lock.lock().unwrap_or_else(|poison| poison.into_inner());
         let mut batch = self.db.batch();
-        // Two updates of one key in the same call must see each other, not the stored value.
-        let mut files_seen: std::collections::HashMap<&str, FileRecord> = Default::default();
-        let mut dirs_seen: std::collections::HashMap<&str, DirRecord> = Default::default();
+        let mut files_seen = HashMap::new();
+        let mut dirs_seen = HashMap::new();
         for update in updates {
             match update {
                 RecordUpdate::File(path, record) => {
-                    let merged = match files_seen.remove(path.as_str()) {
-                        Some(seen) => seen.merge(record.clone()),
-                        None => match self.get_file(path)? {
-                            Some(stored) => stored.merge(record.clone()),
-                            None => record.clone(),
-                        },
-                    };
-                    batch.insert(&self.files, path.as_str(), encode("file", &merged)?);
-                    files_seen.insert(path, merged);
+                    self.merge_into(&mut batch, &self.files, "file", &mut files_seen, path, record)?
                 }
                 RecordUpdate::Dir(path, record) => {
-                    let merged = match dirs_seen.remove(path.as_str()) {
-                        Some(seen) => seen.merge(record.clone()),
-                        None => match self.get_dir(path)? {
-                            Some(stored) => stored.merge(record.clone()),
-                            None => record.clone(),
-                        },
-                    };
-                    batch.insert(&self.dirs, path.as_str(), encode("directory", &merged)?);
-                    dirs_seen.insert(path, merged);
+                    self.merge_into(&mut batch, &self.dirs, "directory", &mut dirs_seen, path, record)?
                 }
             }
         }

@@ -28,5 +28,5 @@ pub use error::StoreError;
 pub use fjall_store::{FjallStore, FjallStoreConfig};
 pub use group_commit::GroupCommit;
 pub use mem_store::MemStore;
-pub use record::{DirEntry, DirRecord, EntryKind, FileMeta, FileRecord, NodeId, Version};
+pub use record::{DirEntry, DirRecord, EntryKind, FileMeta, FileRecord, Merge, NodeId, Version};
 pub use store::{RecordUpdate, Store, Usage};

@@ -10,6 +10,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::BlockHash;
 
+/// A state-based CRDT: `merge` is commutative, associative and idempotent, so replicas that
+/// merged the same records in any order, any number of times, agree.
+pub trait Merge: Sized {
+    /// The least upper bound of `self` and `other`.
+    fn merge(self, other: Self) -> Self;
+}
+
+impl Merge for FileRecord {
+    fn merge(self, other: Self) -> Self {
+        FileRecord::merge(self, other)
+    }
+}
+
+impl Merge for DirRecord {
+    fn merge(self, other: Self) -> Self {
+        DirRecord::merge(self, other)
+    }
+}
+
 /// A node's permanent identity: a random 128-bit id made on first start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeId(pub u128);

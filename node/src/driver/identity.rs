@@ -20,11 +20,7 @@ pub fn load_or_create_node_id(data_dir: &Path) -> anyhow::Result<NodeId> {
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let id = NodeId(rand::rng().random::<u128>());
-            let tmp = data_dir.join(format!("{NODE_ID_FILE}.tmp"));
-            std::fs::write(&tmp, format!("{id}\n"))?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(data_dir)?.sync_all()?;
+            write_durably(data_dir, NODE_ID_FILE, &format!("{id}\n"))?;
             Ok(id)
         }
         Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
@@ -45,12 +41,19 @@ pub fn next_generation(data_dir: &Path) -> anyhow::Result<u64> {
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
     };
     let next = previous + 1;
-    let tmp = data_dir.join(format!("{GENERATION_FILE}.tmp"));
-    std::fs::write(&tmp, format!("{next}\n"))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(data_dir)?.sync_all()?;
+    write_durably(data_dir, GENERATION_FILE, &format!("{next}\n"))?;
     Ok(next)
+}
+
+/// Replaces `dir/name` with `contents` atomically and durably: a crash leaves the old file or
+/// the new one, never a torn one.
+fn write_durably(dir: &Path, name: &str, contents: &str) -> anyhow::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, contents)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 #[cfg(test)]
