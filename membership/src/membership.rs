@@ -403,6 +403,11 @@ impl Membership {
                 }
                 OwnedNotification::Rejoin(me) => {
                     tracing::info!(generation = me.generation, "the cluster declared this node down; rejoined");
+                    // The record follows the identity's generation; otherwise peers would see
+                    // it as stale forever and keep asking for it.
+                    self.own_record.generation = me.generation;
+                    self.own_record.version = 0;
+                    self.broadcast_own_record();
                 }
                 OwnedNotification::Idle => tracing::info!("no active members left in view"),
                 OwnedNotification::Active => tracing::info!("joined the cluster"),

@@ -21,7 +21,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{BlockHash, DirRecord, FileRecord, GroupCommit, Merge, RecordUpdate, Store, StoreError, Usage};
+use crate::{BlockHash, DirEntry, DirRecord, FileRecord, GroupCommit, Merge, RecordUpdate, Store, StoreError, Usage};
 
 /// Blocks up to this size live in fjall; larger ones are files.
 pub const INLINE_BLOCK_BYTES_MAX: usize = 64 * 1024;
@@ -67,7 +67,9 @@ pub struct FjallStore {
     config: FjallStoreConfig,
     db: Database,
     files: Keyspace,
-    dirs: Keyspace,
+    /// One key per directory entry, `dir \0 name` (NUL never occurs in a path), so writes
+    /// touch only their entries and a listing is a prefix scan.
+    dir_entries: Keyspace,
     small_blocks: Keyspace,
     block_dir: PathBuf,
     tmp_dir: PathBuf,
@@ -90,7 +92,7 @@ impl FjallStore {
         fs::create_dir_all(&config.path)?;
         let db = Database::builder(config.path.join("db")).cache_size(config.cache_bytes).open()?;
         let files = db.keyspace("files", KeyspaceCreateOptions::default)?;
-        let dirs = db.keyspace("dirs", KeyspaceCreateOptions::default)?;
+        let dir_entries = db.keyspace("dir_entries", KeyspaceCreateOptions::default)?;
         let small_blocks = db.keyspace("blocks", KeyspaceCreateOptions::default)?;
 
         let block_dir = config.path.join("blocks");
@@ -116,7 +118,7 @@ impl FjallStore {
             config,
             db,
             files,
-            dirs,
+            dir_entries,
             small_blocks,
             block_dir,
             tmp_dir,
@@ -136,6 +138,19 @@ impl FjallStore {
     fn block_path(&self, hash: &BlockHash) -> PathBuf {
         let hex = hash.to_hex();
         self.block_dir.join(&hex[..2]).join(hex)
+    }
+
+    /// Writes a block whose name is known to be right.
+    fn write_block(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError> {
+        if bytes.len() > INLINE_BLOCK_BYTES_MAX {
+            return self.put_block_file(hash, bytes);
+        }
+        if self.small_blocks.contains_key(hash.0)? {
+            return Ok(());
+        }
+        let _reservation = self.reserve(bytes.len() as u64)?;
+        self.small_blocks.insert(hash.0, bytes)?;
+        Ok(())
     }
 
     fn put_block_file(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError> {
@@ -186,24 +201,24 @@ impl FjallStore {
     /// Adds to `batch` the merge of `record` into what is stored at `key`. Two updates of one
     /// key in the same batch must see each other, not the stored value: `seen` holds what the
     /// batch already wrote.
-    fn merge_into<'k, T: Merge + Clone + Serialize + DeserializeOwned>(
+    fn merge_into<T: Merge + Clone + Serialize + DeserializeOwned>(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         keyspace: &Keyspace,
         what: &'static str,
-        seen: &mut HashMap<&'k str, T>,
-        key: &'k str,
+        seen: &mut HashMap<Vec<u8>, T>,
+        key: Vec<u8>,
         record: &T,
     ) -> Result<(), StoreError> {
-        let base = match seen.remove(key) {
+        let base = match seen.remove(&key) {
             Some(seen) => Some(seen),
-            None => self.get_record(keyspace, what, key)?,
+            None => self.get_record(keyspace, what, &key)?,
         };
         let merged = match base {
             Some(base) => base.merge(record.clone()),
             None => record.clone(),
         };
-        batch.insert(keyspace, key, encode(what, &merged)?);
+        batch.insert(keyspace, key.clone(), encode(what, &merged)?);
         seen.insert(key, merged);
         Ok(())
     }
@@ -212,7 +227,7 @@ impl FjallStore {
         &self,
         keyspace: &Keyspace,
         what: &'static str,
-        key: &str,
+        key: &[u8],
     ) -> Result<Option<T>, StoreError> {
         keyspace.get(key)?.map(|bytes| decode(what, &bytes)).transpose()
     }
@@ -245,6 +260,15 @@ fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreE
         .map_err(|err| StoreError::Decode { what, detail: err.to_string() })
 }
 
+/// The key of entry `name` of directory `dir`; with an empty name, the prefix of all of them.
+fn entry_key(dir: &str, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(dir.len() + 1 + name.len());
+    key.extend_from_slice(dir.as_bytes());
+    key.push(0);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
 fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
@@ -254,15 +278,13 @@ impl Store for FjallStore {
         if !hash.matches(bytes) {
             return Err(StoreError::HashMismatch(*hash));
         }
-        if bytes.len() > INLINE_BLOCK_BYTES_MAX {
-            return self.put_block_file(hash, bytes);
-        }
-        if self.small_blocks.contains_key(hash.0)? {
-            return Ok(());
-        }
-        let _reservation = self.reserve(bytes.len() as u64)?;
-        self.small_blocks.insert(hash.0, bytes)?;
-        Ok(())
+        self.write_block(hash, bytes)
+    }
+
+    fn store_block(&self, bytes: &[u8]) -> Result<BlockHash, StoreError> {
+        let hash = BlockHash::of(bytes);
+        self.write_block(&hash, bytes)?;
+        Ok(hash)
     }
 
     fn get_block(&self, hash: &BlockHash) -> Result<Option<Bytes>, StoreError> {
@@ -299,25 +321,48 @@ impl Store for FjallStore {
     }
 
     fn get_file(&self, path: &str) -> Result<Option<FileRecord>, StoreError> {
-        self.get_record(&self.files, "file", path)
+        self.get_record(&self.files, "file", path.as_bytes())
     }
 
     fn get_dir(&self, path: &str) -> Result<Option<DirRecord>, StoreError> {
-        self.get_record(&self.dirs, "directory", path)
+        let prefix = entry_key(path, "");
+        let mut record = DirRecord::default();
+        for guard in self.dir_entries.prefix(&prefix) {
+            let (key, value) = guard.into_inner()?;
+            let name = std::str::from_utf8(&key[prefix.len()..])
+                .map_err(|_| StoreError::Decode { what: "directory entry", detail: "name is not UTF-8".into() })?;
+            record.children.insert(name.to_string(), decode("directory entry", &value)?);
+        }
+        Ok((!record.children.is_empty()).then_some(record))
+    }
+
+    fn get_dir_entry(&self, dir: &str, name: &str) -> Result<Option<DirEntry>, StoreError> {
+        self.get_record(&self.dir_entries, "directory entry", &entry_key(dir, name))
     }
 
     fn merge_records(&self, updates: &[RecordUpdate]) -> Result<(), StoreError> {
         let _guard = self.merge_lock.lock().unwrap_or_else(|poison| poison.into_inner());
         let mut batch = self.db.batch();
         let mut files_seen = HashMap::new();
-        let mut dirs_seen = HashMap::new();
+        let mut entries_seen = HashMap::new();
         for update in updates {
             match update {
                 RecordUpdate::File(path, record) => {
-                    self.merge_into(&mut batch, &self.files, "file", &mut files_seen, path, record)?
+                    let key = path.as_bytes().to_vec();
+                    self.merge_into(&mut batch, &self.files, "file", &mut files_seen, key, record)?;
                 }
                 RecordUpdate::Dir(path, record) => {
-                    self.merge_into(&mut batch, &self.dirs, "directory", &mut dirs_seen, path, record)?
+                    for (name, entry) in &record.children {
+                        let key = entry_key(path, name);
+                        self.merge_into(
+                            &mut batch,
+                            &self.dir_entries,
+                            "directory entry",
+                            &mut entries_seen,
+                            key,
+                            entry,
+                        )?;
+                    }
                 }
             }
         }
@@ -345,7 +390,7 @@ impl Store for FjallStore {
     fn usage(&self) -> Result<Usage, StoreError> {
         // Block files plus the keyspaces' tables. fjall's journal is left out: it is
         // preallocated while open (64 MiB that vanish on reopen) and bounded by fjall itself.
-        let tables = self.files.disk_space() + self.dirs.disk_space() + self.small_blocks.disk_space();
+        let tables = self.files.disk_space() + self.dir_entries.disk_space() + self.small_blocks.disk_space();
         let used_bytes = self.block_file_bytes.load(Ordering::Relaxed) + tables;
         let free = fs4::available_space(&self.config.path)?;
         let mut available_bytes = free.saturating_sub(self.config.disk_reserve_bytes);

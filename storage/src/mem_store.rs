@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use crate::{BlockHash, DirRecord, FileRecord, GroupCommit, RecordUpdate, Store, StoreError, Usage};
+use crate::{BlockHash, DirEntry, DirRecord, FileRecord, GroupCommit, Merge, RecordUpdate, Store, StoreError, Usage};
 
 /// An in-memory [`Store`] whose [`crash`](MemStore::crash) loses every write not yet synced,
 /// the way a power cut loses what was only in OS buffers. Writes become durable in the order
@@ -20,7 +20,8 @@ pub struct MemStore {
 struct Tables {
     blocks: BTreeMap<BlockHash, Bytes>,
     files: BTreeMap<String, FileRecord>,
-    dirs: BTreeMap<String, DirRecord>,
+    /// Entries by directory, then by name: merged one by one, like the fjall backend's keys.
+    dirs: BTreeMap<String, BTreeMap<String, DirEntry>>,
 }
 
 impl Tables {
@@ -39,8 +40,8 @@ impl Tables {
             Op::File(path, record) => {
                 self.files.insert(path, record);
             }
-            Op::Dir(path, record) => {
-                self.dirs.insert(path, record);
+            Op::DirEntry(dir, name, entry) => {
+                self.dirs.entry(dir).or_default().insert(name, entry);
             }
         }
     }
@@ -53,7 +54,7 @@ enum Op {
     PutBlock(BlockHash, Bytes),
     DeleteBlock(BlockHash),
     File(String, FileRecord),
-    Dir(String, DirRecord),
+    DirEntry(String, String, DirEntry),
 }
 
 #[derive(Default)]
@@ -98,17 +99,8 @@ impl MemStore {
         self.state.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn write(state: &mut State, op: Op) {
-        state.visible.apply(op.clone());
-        state.unsynced.push(op);
-    }
-}
-
-impl Store for MemStore {
-    fn put_block(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError> {
-        if !hash.matches(bytes) {
-            return Err(StoreError::HashMismatch(*hash));
-        }
+    /// Writes a block whose name is known to be right.
+    fn write_block(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError> {
         let mut state = self.lock();
         if state.visible.blocks.contains_key(hash) {
             return Ok(());
@@ -120,6 +112,26 @@ impl Store for MemStore {
         state.block_bytes += bytes.len() as u64;
         Self::write(&mut state, Op::PutBlock(*hash, Bytes::copy_from_slice(bytes)));
         Ok(())
+    }
+
+    fn write(state: &mut State, op: Op) {
+        state.visible.apply(op.clone());
+        state.unsynced.push(op);
+    }
+}
+
+impl Store for MemStore {
+    fn put_block(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError> {
+        if !hash.matches(bytes) {
+            return Err(StoreError::HashMismatch(*hash));
+        }
+        self.write_block(hash, bytes)
+    }
+
+    fn store_block(&self, bytes: &[u8]) -> Result<BlockHash, StoreError> {
+        let hash = BlockHash::of(bytes);
+        self.write_block(&hash, bytes)?;
+        Ok(hash)
     }
 
     fn get_block(&self, hash: &BlockHash) -> Result<Option<Bytes>, StoreError> {
@@ -148,29 +160,34 @@ impl Store for MemStore {
     }
 
     fn get_dir(&self, path: &str) -> Result<Option<DirRecord>, StoreError> {
-        Ok(self.lock().visible.dirs.get(path).cloned())
+        let state = self.lock();
+        let entries = state.visible.dirs.get(path).filter(|entries| !entries.is_empty());
+        Ok(entries.map(|entries| DirRecord { children: entries.clone() }))
+    }
+
+    fn get_dir_entry(&self, dir: &str, name: &str) -> Result<Option<DirEntry>, StoreError> {
+        Ok(self.lock().visible.dirs.get(dir).and_then(|entries| entries.get(name)).copied())
     }
 
     fn merge_records(&self, updates: &[RecordUpdate]) -> Result<(), StoreError> {
         let mut state = self.lock();
         for update in updates {
-            let op = match update {
+            match update {
                 RecordUpdate::File(path, record) => {
                     let merged = match state.visible.files.get(path) {
                         Some(stored) => stored.clone().merge(record.clone()),
                         None => record.clone(),
                     };
-                    Op::File(path.clone(), merged)
+                    Self::write(&mut state, Op::File(path.clone(), merged));
                 }
                 RecordUpdate::Dir(path, record) => {
-                    let merged = match state.visible.dirs.get(path) {
-                        Some(stored) => stored.clone().merge(record.clone()),
-                        None => record.clone(),
-                    };
-                    Op::Dir(path.clone(), merged)
+                    for (name, entry) in &record.children {
+                        let stored = state.visible.dirs.get(path).and_then(|entries| entries.get(name)).copied();
+                        let merged = stored.map_or(*entry, |stored| stored.merge(*entry));
+                        Self::write(&mut state, Op::DirEntry(path.clone(), name.clone(), merged));
+                    }
                 }
-            };
-            Self::write(&mut state, op);
+            }
         }
         Ok(())
     }

@@ -23,6 +23,13 @@ impl Merge for FileRecord {
     }
 }
 
+impl Merge for DirEntry {
+    /// The greater entry: newest version first, then a total order on the rest.
+    fn merge(self, other: Self) -> Self {
+        std::cmp::max(self, other)
+    }
+}
+
 impl Merge for DirRecord {
     fn merge(self, other: Self) -> Self {
         DirRecord::merge(self, other)

@@ -2,14 +2,16 @@
 
 use bytes::Bytes;
 
-use crate::{BlockHash, DirRecord, FileRecord, StoreError};
+use crate::{BlockHash, DirEntry, DirRecord, FileRecord, StoreError};
 
 /// A record write, merged into whatever the store already holds for that key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RecordUpdate {
     /// Merge into the file record at this path.
     File(String, FileRecord),
-    /// Merge into the directory record at this path.
+    /// Merge each entry into the directory at this path, entry by entry: other entries of the
+    /// directory are neither read nor rewritten, so a write costs the same in a directory of
+    /// ten entries as in one of a million.
     Dir(String, DirRecord),
 }
 
@@ -36,6 +38,11 @@ pub trait Store: Send + Sync + 'static {
     /// room. Storing a block that is already present is a no-op.
     fn put_block(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError>;
 
+    /// Stores bytes made on this node under the name the store computes for them, and returns
+    /// it: one hash instead of the caller's plus `put_block`'s check. Blocks from elsewhere go
+    /// through [`put_block`](Store::put_block), which verifies the name they came with.
+    fn store_block(&self, bytes: &[u8]) -> Result<BlockHash, StoreError>;
+
     /// Reads a block, verified against its name: corrupt bytes give
     /// [`StoreError::Corrupt`], never data.
     fn get_block(&self, hash: &BlockHash) -> Result<Option<Bytes>, StoreError>;
@@ -49,8 +56,12 @@ pub trait Store: Send + Sync + 'static {
     /// Reads a file record, tombstones included.
     fn get_file(&self, path: &str) -> Result<Option<FileRecord>, StoreError>;
 
-    /// Reads a directory record.
+    /// Reads every entry of a directory, tombstones included; `None` if it has none. For
+    /// listings: its cost grows with the directory.
     fn get_dir(&self, path: &str) -> Result<Option<DirRecord>, StoreError>;
+
+    /// Reads one entry of a directory, whatever the directory's size.
+    fn get_dir_entry(&self, dir: &str, name: &str) -> Result<Option<DirEntry>, StoreError>;
 
     /// Merges all updates atomically (all or none become visible, and durable, together).
     fn merge_records(&self, updates: &[RecordUpdate]) -> Result<(), StoreError>;

@@ -3,7 +3,8 @@
 use bytes::{Bytes, BytesMut};
 
 /// Accumulates bytes and hands out whole blocks of `block_size` bytes; the last block may be
-/// shorter. Holds at most one block in memory.
+/// shorter. Holds at most one block in memory, and no more than has arrived: a 4 KiB upload
+/// does not cost a whole block's buffer.
 #[derive(Debug)]
 pub struct Chunker {
     block_size: usize,
@@ -14,7 +15,7 @@ impl Chunker {
     /// A chunker for blocks of `block_size` bytes (at least 1).
     pub fn new(block_size: usize) -> Self {
         assert!(block_size > 0, "block size must be positive");
-        Self { block_size, pending: BytesMut::with_capacity(block_size) }
+        Self { block_size, pending: BytesMut::new() }
     }
 
     /// Takes `data` and returns the blocks it completed, in order.
@@ -26,7 +27,6 @@ impl Chunker {
             data = &data[take..];
             if self.pending.len() == self.block_size {
                 full.push(self.pending.split().freeze());
-                self.pending.reserve(self.block_size);
             }
         }
         full

@@ -192,9 +192,7 @@ impl<S: Store> FileCore<S> {
 
     /// Stores one block of an upload and returns its name.
     pub fn store_block(&self, bytes: &[u8]) -> Result<BlockHash, FileError> {
-        let hash = BlockHash::of(bytes);
-        self.store.put_block(&hash, bytes)?;
-        Ok(hash)
+        Ok(self.store.store_block(bytes)?)
     }
 
     /// Makes an upload visible and durable: checks the declared content hash, merges the file
@@ -315,8 +313,8 @@ impl<S: Store> FileCore<S> {
             seen.extend(entry.map(|entry| entry.version));
         }
         let version = self.next_version(seen, now_us);
-        let mut updates: Vec<_> = Self::lineage_entries(&path, version, EntryKind::Dir, 0).collect();
-        updates.push(RecordUpdate::Dir(path.to_string(), DirRecord::default()));
+        // The directory exists through its entry in its parent; it has no entries of its own.
+        let updates: Vec<_> = Self::lineage_entries(&path, version, EntryKind::Dir, 0).collect();
         self.store.merge_records(&updates)?;
         self.store.sync()?;
         Ok(true)
@@ -387,7 +385,7 @@ impl<S: Store> FileCore<S> {
 
     /// The entry `name` in directory `dir`, tombstones included.
     fn entry(&self, dir: &ShoalPath, name: &str) -> Result<Option<DirEntry>, FileError> {
-        Ok(self.store.get_dir(dir.as_str())?.and_then(|record| record.children.get(name).copied()))
+        Ok(self.store.get_dir_entry(dir.as_str(), name)?)
     }
 
     /// Fails unless every proper ancestor of `path` is (or can implicitly become) a directory

@@ -27,10 +27,13 @@ pub fn load_or_create_node_id(data_dir: &Path) -> anyhow::Result<NodeId> {
     }
 }
 
-/// Reads the generation of the previous run from `data_dir/generation`, adds one, and writes
-/// it durably before returning it: every start of a node is a new generation, so the cluster
-/// tells a restarted node from its previous run.
-pub fn next_generation(data_dir: &Path) -> anyhow::Result<u64> {
+/// The generation of this start: greater than the previous run's (kept in
+/// `data_dir/generation`) and at least `now_secs`, written durably before it is returned.
+///
+/// Every start is a new generation, so the cluster tells a restarted node from its previous
+/// run. Seeding it with the clock (as Cassandra's gossip generation is) keeps it ahead of the
+/// renewals SWIM made during the previous run, which are not written down.
+pub fn next_generation(data_dir: &Path, now_secs: u64) -> anyhow::Result<u64> {
     let path = data_dir.join(GENERATION_FILE);
     let previous = match std::fs::read_to_string(&path) {
         Ok(text) => text
@@ -40,7 +43,7 @@ pub fn next_generation(data_dir: &Path) -> anyhow::Result<u64> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => 0,
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
     };
-    let next = previous + 1;
+    let next = (previous + 1).max(now_secs);
     write_durably(data_dir, GENERATION_FILE, &format!("{next}\n"))?;
     Ok(next)
 }
@@ -72,7 +75,9 @@ mod tests {
     #[test]
     fn every_start_is_a_new_generation() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(next_generation(dir.path()).expect("first"), 1);
-        assert_eq!(next_generation(dir.path()).expect("second"), 2);
+        assert_eq!(next_generation(dir.path(), 0).expect("first"), 1);
+        assert_eq!(next_generation(dir.path(), 0).expect("second"), 2);
+        assert_eq!(next_generation(dir.path(), 1_000).expect("clock ahead"), 1_000);
+        assert_eq!(next_generation(dir.path(), 10).expect("clock behind"), 1_001);
     }
 }

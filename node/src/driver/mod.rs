@@ -86,7 +86,7 @@ impl Node {
             .await
             .with_context(|| format!("cannot listen for gossip on {}", config.cluster_addr))?;
         let cluster_addr = socket.local_addr()?;
-        let generation = next_generation(&config.data_dir)?;
+        let generation = next_generation(&config.data_dir, now_ms() / 1000)?;
 
         let usage = {
             let store = store.clone();

@@ -1,0 +1,208 @@
+//! Checkers: properties of the cluster verified from outside the nodes, against what the
+//! simulator knows to be true (who runs, who crashed, who left).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use shoal_membership::{MemberState, MemberView};
+
+use crate::sim::{NodeStatus, Sim};
+
+/// A failed check: what was wrong, when, and the command that replays the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckFailure {
+    /// What was wrong.
+    pub message: String,
+    /// The run's seed.
+    pub seed: u64,
+    /// Virtual time of the check, in ms.
+    pub at_ms: u64,
+    /// The command that replays the run.
+    pub replay: String,
+}
+
+impl fmt::Display for CheckFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "check failed at {} ms (SEED={}): {}\nreplay with: {}",
+            self.at_ms, self.seed, self.message, self.replay
+        )
+    }
+}
+
+impl std::error::Error for CheckFailure {}
+
+impl Sim {
+    /// A failure of a check at the current time.
+    pub fn failure(&self, message: impl Into<String>) -> CheckFailure {
+        CheckFailure {
+            message: message.into(),
+            seed: self.config().seed,
+            at_ms: self.now_ms(),
+            replay: self.replay_command(),
+        }
+    }
+
+    /// `Ok` if `ok`, otherwise a failure with the message `message` builds.
+    pub fn check(&self, ok: bool, message: impl FnOnce() -> String) -> Result<(), CheckFailure> {
+        if ok { Ok(()) } else { Err(self.failure(message())) }
+    }
+
+    /// Every running node but `subject` sees `subject` in `state`; for a running subject and
+    /// `Alive`, with the identity (generation) it runs with now.
+    pub fn check_all_see(&mut self, subject: usize, state: MemberState) -> Result<(), CheckFailure> {
+        let subject_id = self.node_id(subject);
+        let expected_identity = self.identity(subject).filter(|_| state == MemberState::Alive);
+        for observer in self.running_nodes() {
+            if observer == subject {
+                continue;
+            }
+            let view = self.view(observer);
+            let seen = view.iter().find(|member| member.identity.node_id == subject_id);
+            let ok = seen.is_some_and(|member| {
+                member.state == state && expected_identity.is_none_or(|identity| member.identity == identity)
+            });
+            if !ok {
+                return Err(self.failure(format!(
+                    "node {observer} sees node {subject} as {}, expected {}{}",
+                    describe(seen),
+                    state.as_str(),
+                    expected_identity.map(|id| format!(" generation {}", id.generation)).unwrap_or_default()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether [`check_all_see`](Sim::check_all_see) passes.
+    pub fn all_see(&mut self, subject: usize, state: MemberState) -> bool {
+        self.check_all_see(subject, state).is_ok()
+    }
+
+    /// Panics, with the replay command, unless every running node but `subject` sees
+    /// `subject` in `state`.
+    pub fn assert_all_see(&mut self, subject: usize, state: MemberState) {
+        if let Err(failure) = self.check_all_see(subject, state) {
+            panic!("{failure}");
+        }
+    }
+
+    /// The views agree with the truth. Every running node sees:
+    /// - every other running node `alive`, with its current identity and the record of its
+    ///   current run;
+    /// - every crashed node `down` (or not at all, if it joined after the crash);
+    /// - every node that left `left` or `down` (or not at all);
+    /// - no member the simulator did not start.
+    ///
+    /// Nodes still lingering after `leave` are neither checked nor observers.
+    pub fn check_converged(&mut self) -> Result<(), CheckFailure> {
+        let n = self.len();
+        let statuses: Vec<NodeStatus> = (0..n).map(|index| self.status(index)).collect();
+        let identities: Vec<_> = (0..n).map(|index| self.identity(index)).collect();
+        for observer in self.running_nodes() {
+            let view = self.view(observer);
+            let mut seen: HashMap<usize, &MemberView> = HashMap::with_capacity(view.len());
+            for member in view.iter().skip(1) {
+                match self.index_of(member.identity.node_id) {
+                    Some(index) => {
+                        seen.insert(index, member);
+                    }
+                    None => {
+                        return Err(self.failure(format!(
+                            "node {observer} knows a member no one started: {:?} ({})",
+                            member.identity,
+                            member.state.as_str()
+                        )));
+                    }
+                }
+            }
+            for subject in (0..n).filter(|&subject| subject != observer) {
+                let member = seen.get(&subject).copied();
+                let ok = match statuses[subject] {
+                    NodeStatus::Running => member.is_some_and(|member| {
+                        Some(member.identity) == identities[subject]
+                            && member.state == MemberState::Alive
+                            // A record follows its member's identity, renewals included.
+                            && member.record.as_ref().is_some_and(|r| r.generation == member.identity.generation)
+                    }),
+                    NodeStatus::Leaving => true,
+                    NodeStatus::Crashed => member.is_none_or(|member| member.state == MemberState::Down),
+                    // `down` is accepted too: a member that missed the leaver's last words
+                    // (partitioned away during its linger) is never sent them again; that
+                    // is stale but safe, and the `leave` scenario checks `left` itself.
+                    NodeStatus::Left => {
+                        member.is_none_or(|member| matches!(member.state, MemberState::Left | MemberState::Down))
+                    }
+                    NodeStatus::Idle => member.is_none(),
+                };
+                if !ok {
+                    return Err(self.failure(format!(
+                        "node {observer} sees node {subject} ({:?}{}) as {}",
+                        statuses[subject],
+                        identities[subject].map(|id| format!(", generation {}", id.generation)).unwrap_or_default(),
+                        describe(member)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether [`check_converged`](Sim::check_converged) passes.
+    pub fn is_converged(&mut self) -> bool {
+        self.check_converged().is_ok()
+    }
+
+    /// Panics, with the replay command, unless the views agree with the truth.
+    pub fn assert_converged(&mut self) {
+        if let Err(failure) = self.check_converged() {
+            panic!("{failure}");
+        }
+    }
+
+    /// Members node `observer` sees alive, itself included.
+    pub fn alive_count(&mut self, observer: usize) -> usize {
+        self.view(observer).iter().filter(|member| member.state == MemberState::Alive).count()
+    }
+
+    /// Runs until `check` passes (tried now, then every poll interval) and returns how long
+    /// that took; after `max`, the last failure, prefixed with `what`.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        max: Duration,
+        mut check: impl FnMut(&mut Sim) -> Result<(), CheckFailure>,
+    ) -> Result<Duration, CheckFailure> {
+        let start = self.now();
+        let mut last = None;
+        let passed = self.run_until(
+            |sim| match check(sim) {
+                Ok(()) => true,
+                Err(failure) => {
+                    last = Some(failure);
+                    false
+                }
+            },
+            max,
+        );
+        if passed {
+            return Ok(self.now() - start);
+        }
+        let detail = last.map_or_else(String::new, |failure| format!(": still {}", failure.message));
+        Err(self.failure(format!("{what} did not happen within {} s{detail}", max.as_secs_f64())))
+    }
+}
+
+fn describe(member: Option<&MemberView>) -> String {
+    match member {
+        None => "absent".to_string(),
+        Some(member) => format!(
+            "{} (generation {}, record {})",
+            member.state.as_str(),
+            member.identity.generation,
+            member.record.as_ref().map_or("missing".to_string(), |r| format!("generation {}", r.generation))
+        ),
+    }
+}
