@@ -146,11 +146,18 @@ impl Node {
                 } => tracing::warn!("requests still running after the shutdown grace period; stopping anyway"),
             }
             refresher.abort();
+            let _ = refresher.await;
             let _ = leaving.await;
             let _ = gossip_task.await;
             // Whatever was acknowledged is already durable; this makes the rest durable too.
-            let store_for_sync = store.clone();
-            tokio::task::spawn_blocking(move || store_for_sync.sync()).await??;
+            // The store is dropped there as well: fjall's drop fsyncs, which must not happen
+            // on an async worker.
+            tokio::task::spawn_blocking(move || {
+                let synced = store.sync();
+                drop(store);
+                synced
+            })
+            .await??;
             tracing::info!("shoal node stopped");
             Ok(())
         });
