@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! CARGO_TARGET_DIR=... cargo run --release -p shoal-bench -- single-node [--quick]
+//! CARGO_TARGET_DIR=... cargo run --release -p shoal-bench -- membership [--quick]
 //! ```
 #![forbid(unsafe_code)]
 // A benchmark measures wall time and drives its own tasks: the workspace bans on the clock and
@@ -11,6 +12,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod ceilings;
+mod membership;
 mod procfs;
 mod report;
 mod workload;
@@ -44,6 +46,10 @@ enum Command {
     /// clients, and the node's peak memory while a 4 GiB file streams in and out. Prints a
     /// markdown report on stdout, progress on stderr.
     SingleNode(SingleNodeArgs),
+    /// The membership protocol in the deterministic simulator: crash detection against SWIM's
+    /// bound, false downs under loss, gossip traffic per member (steady and after a healed
+    /// partition) and the simulator's speed. Prints a markdown report on stdout.
+    Membership(membership::MembershipArgs),
 }
 
 /// Options of `single-node`.
@@ -160,6 +166,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::SingleNode(args) => runtime.block_on(single_node(args)),
+        Command::Membership(args) => membership::run(args),
     }
 }
 

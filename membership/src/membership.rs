@@ -125,9 +125,10 @@ pub struct Membership {
     seed_rounds: u64,
 }
 
-/// Once joined, seeds are greeted on one retry round in this many: enough to merge two halves
-/// that forgot each other after a long partition (foca drops down members after
-/// `remove_down_after`), too rare to matter as traffic.
+/// Once joined, a member greets the seeds on one retry round in this many times the cluster's
+/// size: enough to merge two halves that forgot each other after a long partition (foca drops
+/// down members after `remove_down_after`), and, because a seed answers a greeting with a full
+/// member list, scaled by the size so the seeds' load stays flat as the cluster grows.
 const JOINED_SEED_ROUND_EVERY: u64 = 10;
 
 impl Membership {
@@ -258,7 +259,9 @@ impl Membership {
                         tracing::info!(seeds = ?self.seeds, "not joined yet: no seed answered; asking again");
                     }
                     self.hello_seeds();
-                } else if !self.left && self.seed_rounds.is_multiple_of(JOINED_SEED_ROUND_EVERY) {
+                } else if !self.left
+                    && self.seed_rounds.is_multiple_of(JOINED_SEED_ROUND_EVERY * (self.foca.num_members() as u64 + 1))
+                {
                     self.hello_seeds();
                 }
                 self.schedule(self.config.seed_retry, TimerEvent::SeedRetry);
