@@ -46,10 +46,10 @@ fn views_converge_with_no_operator_after_a_half_and_half_partition_heals() {
     assert!(renewals >= 100, "only {renewals} nodes rejoined after the heal");
 }
 
-/// Fails on the current membership core: foca 2.0.0 sends `TurnUndead` to a member whose
-/// suspicion timed out even when it refuted the suspicion in time; the member renews its
-/// identity, and an observer that misses the renewal's gossip declares the old identity down
-/// (seed 1: node 7 marks node 14 down at 1 225 194 ms). See the simulator's report.
+/// Guards the first fix in `vendor/foca` (PATCHED.md). Unpatched foca 2.0.0 sends
+/// `TurnUndead` to a member whose suspicion timed out even when it refuted the suspicion in
+/// time; the member renews its identity, and an observer that misses the renewal's gossip
+/// declares the old identity down (seed 1: node 7 marked node 14 down at 1 225 194 ms).
 #[test]
 fn five_percent_loss_for_an_hour_marks_no_live_node_down() {
     let summary = run(Scenario::Loss, 1, 32, Some(Duration::from_secs(3600)));
@@ -112,8 +112,8 @@ fn random_fault_mixes_converge_once_the_network_heals() {
     }
 }
 
-/// Fails on the current membership core: foca 2.0.0 concludes a suspicion only through the
-/// suspecting node's own timer, and drops that timer when the suspecting node changes
+/// Guards the second fix in `vendor/foca` (PATCHED.md). Unpatched foca 2.0.0 concludes a
+/// suspicion only through the suspecting node's own timer, and drops that timer when the suspecting node changes
 /// identity (a renewal bumps its timer token). If the suspect never hears of the suspicion,
 /// every node that heard it keeps the member `suspect` forever. Seed 114: node 0 suspects
 /// node 7 at 90 008 ms, renews at 93 589 ms, and still shows node 7 suspect ten minutes
