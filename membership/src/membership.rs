@@ -63,6 +63,19 @@ pub struct Stats {
     pub dropped_foreign_cluster: u64,
 }
 
+impl std::ops::AddAssign for Stats {
+    /// Sums counters, e.g. over the members of a simulated cluster.
+    fn add_assign(&mut self, more: Stats) {
+        self.packets_in += more.packets_in;
+        self.bytes_in += more.bytes_in;
+        self.packets_out += more.packets_out;
+        self.bytes_out += more.bytes_out;
+        self.dropped_malformed += more.dropped_malformed;
+        self.dropped_oversized += more.dropped_oversized;
+        self.dropped_foreign_cluster += more.dropped_foreign_cluster;
+    }
+}
+
 /// A member's state as this node sees it: SWIM's verdict, refined by the member's own record
 /// (a member that said it left is `Left`, not `Down`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -334,7 +334,7 @@ impl Sim {
         let node = self.node(index);
         let mut total = node.past_stats;
         if let Some(membership) = &node.membership {
-            add_stats(&mut total, &membership.stats());
+            total += membership.stats();
         }
         total
     }
@@ -343,7 +343,7 @@ impl Sim {
     pub fn total_node_stats(&self) -> Stats {
         let mut total = Stats::default();
         for index in 0..self.nodes.len() {
-            add_stats(&mut total, &self.node_stats(index));
+            total += self.node_stats(index);
         }
         total
     }
@@ -440,7 +440,7 @@ impl Sim {
         let node = &mut self.nodes[index];
         if let Some(membership) = node.membership.take() {
             node.past_renewals += membership.identity().generation.saturating_sub(node.generation);
-            add_stats(&mut node.past_stats, &membership.stats());
+            node.past_stats += membership.stats();
         }
         node.status = status;
         node.epoch += 1;
@@ -826,16 +826,6 @@ fn derive_u128(seed: u64, purpose: &[u8], a: u64) -> u128 {
 
 fn duration_us(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
-
-fn add_stats(total: &mut Stats, more: &Stats) {
-    total.packets_in += more.packets_in;
-    total.bytes_in += more.bytes_in;
-    total.packets_out += more.packets_out;
-    total.bytes_out += more.bytes_out;
-    total.dropped_malformed += more.dropped_malformed;
-    total.dropped_oversized += more.dropped_oversized;
-    total.dropped_foreign_cluster += more.dropped_foreign_cluster;
 }
 
 #[cfg(test)]
