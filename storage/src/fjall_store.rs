@@ -76,6 +76,8 @@ pub struct FjallStore {
     commit: GroupCommit,
     /// Serialises read-merge-write of records, so two merges of one key never lose either.
     merge_lock: Mutex<()>,
+    /// Serialises renaming block files into place and removing them, with their byte count.
+    file_lock: Mutex<()>,
     /// Bytes in block files, counted at open and kept up to date.
     block_file_bytes: AtomicU64,
     /// Bytes of block writes in progress. Counted before the room check, so concurrent writers
@@ -124,6 +126,7 @@ impl FjallStore {
             tmp_dir,
             commit: GroupCommit::new(),
             merge_lock: Mutex::new(()),
+            file_lock: Mutex::new(()),
             block_file_bytes: AtomicU64::new(block_file_bytes),
             reserved_bytes: AtomicU64::new(0),
             tmp_counter: AtomicU64::new(0),
@@ -140,12 +143,15 @@ impl FjallStore {
         self.block_dir.join(&hex[..2]).join(hex)
     }
 
-    /// Writes a block whose name is known to be right.
+    /// Writes a block whose name is known to be right. A copy already stored is kept only if it
+    /// still matches its name: a corrupt copy is replaced, so writing the same content again
+    /// repairs it instead of acknowledging bytes that will not read back.
     fn write_block(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError> {
+        self.refuse_if_poisoned()?;
         if bytes.len() > INLINE_BLOCK_BYTES_MAX {
             return self.put_block_file(hash, bytes);
         }
-        if self.small_blocks.contains_key(hash.0)? {
+        if self.small_blocks.get(hash.0)?.is_some_and(|stored| hash.matches(&stored)) {
             return Ok(());
         }
         let _reservation = self.reserve(bytes.len() as u64)?;
@@ -155,8 +161,11 @@ impl FjallStore {
 
     fn put_block_file(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.block_path(hash);
-        if fs::metadata(&path).is_ok_and(|meta| meta.len() == bytes.len() as u64) {
-            return Ok(()); // content-addressed: the same name holds the same bytes
+        match fs::read(&path) {
+            Ok(stored) if hash.matches(&stored) => return Ok(()),
+            Ok(_) => tracing::warn!(block = %hash, "replacing a corrupt copy of a block"),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err.into()),
         }
         let len = bytes.len() as u64;
         let _reservation = self.reserve(len)?;
@@ -165,15 +174,27 @@ impl FjallStore {
             let mut file = File::create(&tmp)?;
             file.write_all(bytes)?;
             file.sync_data()?;
-            fs::rename(&tmp, &path)?;
+            {
+                // Rename and count together, so two writers of one block count it once and a
+                // replaced copy's bytes are taken off.
+                let _renaming = self.file_lock.lock().unwrap_or_else(|poison| poison.into_inner());
+                let replaced = fs::metadata(&path).map_or(0, |meta| meta.len());
+                fs::rename(&tmp, &path)?;
+                self.block_file_bytes.fetch_add(len, Ordering::Relaxed);
+                self.block_file_bytes.fetch_sub(replaced, Ordering::Relaxed);
+            }
             sync_dir(path.parent().unwrap_or(&self.block_dir))
         })();
         if let Err(err) = written {
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::from_io(err));
         }
-        self.block_file_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// After a failed fsync, what is on disk is unknown: accept no more writes.
+    fn refuse_if_poisoned(&self) -> Result<(), StoreError> {
+        if self.commit.is_poisoned() { Err(StoreError::Poisoned) } else { Ok(()) }
     }
 
     /// Claims room for `bytes` until the returned guard is dropped, or fails with
@@ -307,8 +328,10 @@ impl Store for FjallStore {
     }
 
     fn delete_block(&self, hash: &BlockHash) -> Result<(), StoreError> {
+        self.refuse_if_poisoned()?;
         self.small_blocks.remove(hash.0)?;
         let path = self.block_path(hash);
+        let _removing = self.file_lock.lock().unwrap_or_else(|poison| poison.into_inner());
         match fs::metadata(&path) {
             Ok(meta) => {
                 fs::remove_file(&path)?;
@@ -341,6 +364,7 @@ impl Store for FjallStore {
     }
 
     fn merge_records(&self, updates: &[RecordUpdate]) -> Result<(), StoreError> {
+        self.refuse_if_poisoned()?;
         let _guard = self.merge_lock.lock().unwrap_or_else(|poison| poison.into_inner());
         let mut batch = self.db.batch();
         let mut files_seen = HashMap::new();
