@@ -248,9 +248,11 @@ impl Membership {
                 }
             }
             Kind::RecordReply => match decode_exact::<MemberRecord>(payload) {
-                Ok(record) => {
+                // Only for members foca knows: a reply nobody asked for must not grow the book.
+                Ok(record) if self.foca.iter_membership_state().any(|m| m.id().node_id == record.node_id) => {
                     self.book.offer(record);
                 }
+                Ok(_) => {}
                 Err(_) => self.stats.dropped_malformed += 1,
             },
         }

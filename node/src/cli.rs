@@ -106,6 +106,9 @@ pub struct ServeArgs {
     /// Blocks of one upload written at once [default: 4].
     #[arg(long)]
     pub upload_blocks_in_flight_max: Option<usize>,
+    /// Uploads served at once; more get 503 [default: 64].
+    #[arg(long)]
+    pub uploads_in_flight_max: Option<usize>,
     /// Blocks of one download read ahead [default: 2].
     #[arg(long)]
     pub download_blocks_ahead_max: Option<usize>,
@@ -157,6 +160,7 @@ impl ServeArgs {
             disk_reserve_bytes,
             cache_bytes,
             upload_blocks_in_flight_max,
+            uploads_in_flight_max,
             download_blocks_ahead_max,
             shutdown_grace_secs,
             cluster_name,

@@ -12,6 +12,9 @@ pub const BLOCK_SIZE_BYTES_MIN: u32 = 4 * 1024;
 /// Largest block size accepted: a block is held in memory whole while it is hashed and stored.
 pub const BLOCK_SIZE_BYTES_MAX: u32 = 64 * 1024 * 1024;
 
+/// Most bytes of blocks one upload may hold in memory.
+pub const UPLOAD_BYTES_MAX: u64 = 512 * 1024 * 1024;
+
 /// Settings of `shoal serve`. Each field's doc is its documentation in `shoal.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -37,6 +40,9 @@ pub struct Config {
     /// Blocks of one upload being written at once: more overlaps network and disk, each costs
     /// one block of memory. 1 to 64, default 4.
     pub upload_blocks_in_flight_max: usize,
+    /// Uploads served at once; more get `503` and may retry. Bounds the memory uploads take
+    /// (each holds up to `upload_blocks_in_flight_max + 1` blocks). 1 to 4096, default 64.
+    pub uploads_in_flight_max: usize,
     /// Blocks of one download read ahead of the client. 1 to 64, default 2.
     pub download_blocks_ahead_max: usize,
     /// Seconds that in-flight requests get to finish after SIGTERM before the node exits
@@ -68,6 +74,7 @@ impl Default for Config {
             capacity_bytes: None,
             cache_bytes: 64 << 20,
             upload_blocks_in_flight_max: 4,
+            uploads_in_flight_max: 64,
             download_blocks_ahead_max: 2,
             shutdown_grace_secs: 30,
             cluster_name: "shoal".into(),
@@ -154,6 +161,24 @@ impl Config {
                 return invalid("seeds", format!("{seed:?} is not host:port"));
             }
         }
+        let upload_bytes = (self.upload_blocks_in_flight_max as u64 + 1) * u64::from(self.block_size_bytes);
+        if upload_bytes > UPLOAD_BYTES_MAX {
+            return invalid(
+                "upload_blocks_in_flight_max",
+                format!(
+                    "one upload could hold {upload_bytes} bytes of blocks; keep (in flight + 1) × block size ≤ {UPLOAD_BYTES_MAX}"
+                ),
+            );
+        }
+        if !(1..=4096).contains(&self.uploads_in_flight_max) {
+            return invalid("uploads_in_flight_max", format!("{} is outside 1..=4096", self.uploads_in_flight_max));
+        }
+        if self.cluster_addr.ip().is_unspecified() {
+            return invalid(
+                "cluster_addr",
+                format!("{} is not an address peers can reach; give the interface's address", self.cluster_addr),
+            );
+        }
         if !(1..=64).contains(&self.download_blocks_ahead_max) {
             return invalid(
                 "download_blocks_ahead_max",
@@ -205,6 +230,10 @@ mod tests {
         assert!(err.contains("block_size_bytes"), "{err}");
         let config = Config { cluster_addr: Config::default().http_addr, ..Config::default() };
         assert!(config.validate().is_err());
+        let config = Config { cluster_addr: "0.0.0.0:7701".parse().expect("addr"), ..Config::default() };
+        assert!(config.validate().expect_err("wildcard").to_string().contains("cluster_addr"));
+        let config = Config { block_size_bytes: 64 << 20, upload_blocks_in_flight_max: 64, ..Config::default() };
+        assert!(config.validate().expect_err("too much memory").to_string().contains("upload_blocks_in_flight_max"));
         let config = Config { seeds: vec!["no-port".into()], ..Config::default() };
         assert!(config.validate().expect_err("bad seed").to_string().contains("seeds"));
         let config = Config { cluster_name: String::new(), ..Config::default() };

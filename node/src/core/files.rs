@@ -52,6 +52,10 @@ pub enum FileError {
         /// The file's size.
         size: u64,
     },
+    /// A stored version is at the end of the clock's range, so no later version exists. Only
+    /// a corrupt or hostile record can cause it; nothing was written.
+    #[error("a stored version of {0} is at the end of the clock's range; no newer version can be made")]
+    ClockExhausted(ShoalPath),
     /// A block the file names is missing or corrupt here; nothing wrong was served.
     #[error("block {0} of the file is unavailable on this node")]
     BlockUnavailable(BlockHash),
@@ -158,13 +162,14 @@ pub struct FileCore<S> {
     node: NodeId,
     block_size: u32,
     hlc: Mutex<Hlc>,
+    namespace: Mutex<()>,
 }
 
 impl<S: Store> FileCore<S> {
     /// A core for node `node` cutting files into blocks of `block_size` bytes.
     pub fn new(store: Arc<S>, node: NodeId, block_size: u32) -> Self {
         assert!(block_size > 0, "block size must be positive");
-        Self { store, node, block_size, hlc: Mutex::new(Hlc::new()) }
+        Self { store, node, block_size, hlc: Mutex::new(Hlc::new()), namespace: Mutex::new(()) }
     }
 
     /// The store underneath.
@@ -213,14 +218,19 @@ impl<S: Store> FileCore<S> {
         let blocks: Vec<BlockHash> =
             upload.blocks.iter().map(|b| b.expect("every block stored before commit")).collect();
         let path = upload.path;
-        // The tree may have changed while the body streamed in.
-        self.check_file_can_live_at(&path)?;
-        let previous = self.store.get_file(path.as_str())?;
-        let version = self.next_version(previous.iter().map(|r| r.version), now_us);
         let meta = FileMeta { size: upload.size, content_hash: received, block_size: self.block_size, blocks };
-        let mut updates = vec![RecordUpdate::File(path.to_string(), FileRecord { version, meta: Some(meta.clone()) })];
-        updates.extend(Self::lineage_entries(&path, version, EntryKind::File, upload.size));
-        self.store.merge_records(&updates)?;
+        let version = {
+            let _namespace = self.namespace();
+            // The tree may have changed while the body streamed in.
+            self.check_file_can_live_at(&path)?;
+            let previous = self.store.get_file(path.as_str())?;
+            let version = self.next_version(&path, previous.iter().map(|r| r.version), now_us)?;
+            let mut updates =
+                vec![RecordUpdate::File(path.to_string(), FileRecord { version, meta: Some(meta.clone()) })];
+            updates.extend(Self::lineage_entries(&path, version, EntryKind::File, upload.size));
+            self.store.merge_records(&updates)?;
+            version
+        };
         self.store.sync()?;
         Ok(FileStat { path, version, meta })
     }
@@ -248,6 +258,10 @@ impl<S: Store> FileCore<S> {
             return Err(FileError::RangeNotSatisfiable { start, end, size });
         }
         let block_size = u64::from(stat.meta.block_size);
+        if block_size == 0 && size > 0 {
+            let detail = format!("{} names a block size of 0", stat.path);
+            return Err(FileError::Store(StoreError::Decode { what: "file", detail }));
+        }
         let mut pieces = Vec::new();
         let mut at = start;
         while at < end {
@@ -278,14 +292,18 @@ impl<S: Store> FileCore<S> {
 
     /// Deletes the file at `raw_path` by writing a tombstone.
     pub fn delete(&self, raw_path: &str, now_us: u64) -> Result<Version, FileError> {
-        let stat = self.stat(raw_path)?;
-        let version = self.next_version([stat.version], now_us);
-        let (parent, name) = stat.path.split_parent().expect("a file path has a parent");
-        let updates = [
-            RecordUpdate::File(stat.path.to_string(), FileRecord { version, meta: None }),
-            RecordUpdate::Dir(parent.to_string(), Self::one_entry(name, version, EntryKind::File, true, 0)),
-        ];
-        self.store.merge_records(&updates)?;
+        let version = {
+            let _namespace = self.namespace();
+            let stat = self.stat(raw_path)?;
+            let version = self.next_version(&stat.path, [stat.version], now_us)?;
+            let (parent, name) = stat.path.split_parent().expect("a file path has a parent");
+            let updates = [
+                RecordUpdate::File(stat.path.to_string(), FileRecord { version, meta: None }),
+                RecordUpdate::Dir(parent.to_string(), Self::one_entry(name, version, EntryKind::File, true, 0)),
+            ];
+            self.store.merge_records(&updates)?;
+            version
+        };
         self.store.sync()?;
         Ok(version)
     }
@@ -296,6 +314,7 @@ impl<S: Store> FileCore<S> {
         if path.is_root() {
             return Ok(false);
         }
+        let namespace = self.namespace();
         let mut seen = Vec::new();
         for (dir, name) in path.lineage() {
             let entry = self.entry(&dir, &name)?;
@@ -312,10 +331,11 @@ impl<S: Store> FileCore<S> {
             }
             seen.extend(entry.map(|entry| entry.version));
         }
-        let version = self.next_version(seen, now_us);
+        let version = self.next_version(&path, seen, now_us)?;
         // The directory exists through its entry in its parent; it has no entries of its own.
         let updates: Vec<_> = Self::lineage_entries(&path, version, EntryKind::Dir, 0).collect();
         self.store.merge_records(&updates)?;
+        drop(namespace);
         self.store.sync()?;
         Ok(true)
     }
@@ -336,6 +356,7 @@ impl<S: Store> FileCore<S> {
         let Some((parent, name)) = path.split_parent() else {
             return Err(FileError::Conflict { path, reason: "the root cannot be removed".into() });
         };
+        let namespace = self.namespace();
         let own = self.check_is_dir(&path)?;
         let mut seen: Vec<Version> = own.into_iter().collect();
         // Walk the subtree first, gathering what to tombstone and every version seen, so the
@@ -359,7 +380,7 @@ impl<S: Store> FileCore<S> {
                 }
             }
         }
-        let version = self.next_version(seen, now_us);
+        let version = self.next_version(&path, seen, now_us)?;
         let mut updates =
             vec![RecordUpdate::Dir(parent.to_string(), Self::one_entry(name, version, EntryKind::Dir, true, 0))];
         for (dir, child) in &doomed_dirs {
@@ -370,17 +391,31 @@ impl<S: Store> FileCore<S> {
             updates.push(RecordUpdate::File(dir.join(child).to_string(), FileRecord { version, meta: None }));
         }
         self.store.merge_records(&updates)?;
+        drop(namespace);
         self.store.sync()?;
         Ok(doomed_files.len() as u64)
     }
 
     /// A new version later than `now_us` and than every version in `seen`.
-    fn next_version(&self, seen: impl IntoIterator<Item = Version>, now_us: u64) -> Version {
+    fn next_version(
+        &self,
+        path: &ShoalPath,
+        seen: impl IntoIterator<Item = Version>,
+        now_us: u64,
+    ) -> Result<Version, FileError> {
         let mut hlc = self.hlc.lock().unwrap_or_else(|poison| poison.into_inner());
         for version in seen {
             hlc.observe(version.hlc);
         }
-        Version { hlc: hlc.tick(now_us), node: self.node }
+        let hlc = hlc.tick(now_us).ok_or_else(|| FileError::ClockExhausted(path.clone()))?;
+        Ok(Version { hlc, node: self.node })
+    }
+
+    /// Held from the checks of a tree change to its merge, so two changes cannot both pass
+    /// their checks and leave, say, `/a` a file and a directory at once. The fsync happens
+    /// after it is released, so concurrent writers still share fsyncs.
+    fn namespace(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.namespace.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// The entry `name` in directory `dir`, tombstones included.
@@ -616,6 +651,33 @@ mod tests {
         assert!(matches!(core.begin_upload("/more", Some(1)), Err(FileError::Store(StoreError::Full { .. }))));
         assert_eq!(read(&core, "/fits", None).expect("read"), b"12345678");
         core.delete("/fits", 3).expect("delete");
+    }
+
+    #[test]
+    fn a_file_and_a_directory_racing_for_one_name_never_both_win() {
+        for _ in 0..200 {
+            let core = Arc::new(core());
+            // Both uploads pass their early checks before either commits.
+            let file = prepared(&core, "/a", b"file");
+            let child = prepared(&core, "/a/b", b"child");
+            let (first, second) = std::thread::scope(|scope| {
+                let a = scope.spawn(|| core.commit_upload(file, None, 1));
+                let b = scope.spawn(|| core.commit_upload(child, None, 1));
+                (a.join().expect("join"), b.join().expect("join"))
+            });
+            assert!(first.is_ok() != second.is_ok(), "exactly one wins: {first:?} / {second:?}");
+        }
+    }
+
+    /// An upload whose blocks are stored, ready to commit.
+    fn prepared(core: &FileCore<MemStore>, path: &str, content: &[u8]) -> Upload {
+        let mut upload = core.begin_upload(path, None).expect("begin");
+        let blocks: Vec<_> = upload.push(content).into_iter().chain(upload.finish()).collect();
+        for (index, block) in blocks {
+            let hash = core.store_block(&block).expect("store");
+            upload.block_stored(index, hash);
+        }
+        upload
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct AppState {
     started_ms: u64,
     upload_blocks_in_flight_max: usize,
     download_blocks_ahead_max: usize,
+    /// One permit per upload being served.
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -51,6 +53,7 @@ impl AppState {
             started_ms,
             upload_blocks_in_flight_max: config.upload_blocks_in_flight_max,
             download_blocks_ahead_max: config.download_blocks_ahead_max,
+            uploads: Arc::new(tokio::sync::Semaphore::new(config.uploads_in_flight_max)),
         }
     }
 }
@@ -108,7 +111,9 @@ impl From<FileError> for ApiError {
             FileError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             FileError::Store(StoreError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
             FileError::Store(StoreError::Poisoned) => StatusCode::SERVICE_UNAVAILABLE,
-            FileError::BlockUnavailable(_) | FileError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            FileError::BlockUnavailable(_) | FileError::ClockExhausted(_) | FileError::Store(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         if status.is_server_error() {
             tracing::error!(%err, "request failed");
@@ -164,8 +169,13 @@ fn file_headers(stat: &FileStat) -> HeaderMap {
     set(header::ETAG.as_str(), format!("\"{}\"", stat.meta.content_hash.to_hex()));
     set(header::ACCEPT_RANGES.as_str(), "bytes".into());
     set(header::CONTENT_TYPE.as_str(), "application/octet-stream".into());
-    let modified = std::time::UNIX_EPOCH + std::time::Duration::from_millis(stat.version.unix_ms());
-    headers.typed_insert(headers::LastModified::from(modified));
+    // HTTP dates end at year 9999 (and the formatter panics past it): a version from a wild
+    // clock simply gets no Last-Modified.
+    const HTTP_DATE_MS_MAX: u64 = 253_402_300_799_000;
+    if stat.version.unix_ms() <= HTTP_DATE_MS_MAX {
+        let modified = std::time::UNIX_EPOCH + std::time::Duration::from_millis(stat.version.unix_ms());
+        headers.typed_insert(headers::LastModified::from(modified));
+    }
     headers
 }
 
@@ -176,6 +186,11 @@ async fn put_file(
     body: Body,
 ) -> ApiResult<Response> {
     let path = absolute(path)?;
+    let _permit = state
+        .uploads
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many uploads in flight; retry later"))?;
     let declared = match headers.get(api::HEADER_BLAKE3) {
         None => None,
         Some(value) => Some(
@@ -340,10 +355,8 @@ async fn stream_plan(state: &AppState, plan: ReadPlan) -> ApiResult<Body> {
     let first = match pieces.next().await {
         None => return Ok(Body::empty()),
         Some(Ok(first)) => first,
-        Some(Err(err)) => {
-            state.metrics.blocks_unavailable.inc();
-            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()));
-        }
+        // Counted in the map above.
+        Some(Err(err)) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
     };
     let stream = futures_util::stream::once(async move { Ok(first) }).chain(pieces);
     Ok(Body::from_stream(stream))

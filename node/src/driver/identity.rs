@@ -43,7 +43,10 @@ pub fn next_generation(data_dir: &Path, now_secs: u64) -> anyhow::Result<u64> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => 0,
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
     };
-    let next = (previous + 1).max(now_secs);
+    let next = previous
+        .checked_add(1)
+        .with_context(|| format!("{} holds the largest generation there is; remove it", path.display()))?
+        .max(now_secs);
     write_durably(data_dir, GENERATION_FILE, &format!("{next}\n"))?;
     Ok(next)
 }

@@ -64,9 +64,14 @@ impl Node {
     /// Opens the store, binds the HTTP API and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-        let node_id = load_or_create_node_id(&config.data_dir)?;
+        // File IO blocks: off the async workers, like every store call.
+        let data_dir = config.data_dir.clone();
+        let (node_id, generation) = tokio::task::spawn_blocking(move || -> anyhow::Result<(NodeId, u64)> {
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+            Ok((load_or_create_node_id(&data_dir)?, next_generation(&data_dir, now_ms() / 1000)?))
+        })
+        .await??;
         let store_config = FjallStoreConfig {
             path: config.data_dir.clone(),
             disk_reserve_bytes: config.disk_reserve_bytes,
@@ -86,7 +91,6 @@ impl Node {
             .await
             .with_context(|| format!("cannot listen for gossip on {}", config.cluster_addr))?;
         let cluster_addr = socket.local_addr()?;
-        let generation = next_generation(&config.data_dir, now_ms() / 1000)?;
 
         let usage = {
             let store = store.clone();
@@ -128,6 +132,7 @@ impl Node {
             let mut stop_gossip = stop.clone();
             // Leave the cluster while in-flight requests finish, so peers stop counting on
             // this node and show it `left` rather than `down`.
+            let gossip_on_error = gossip.clone();
             let leaving = tokio::spawn(async move {
                 let _ = stop_gossip.wait_for(|stop| *stop).await;
                 gossip.leave(linger).await;
@@ -138,16 +143,26 @@ impl Node {
                 })
                 .into_future();
             tokio::pin!(serve);
-            tokio::select! {
-                result = &mut serve => result?,
+            let served: anyhow::Result<()> = tokio::select! {
+                result = &mut serve => result.map_err(anyhow::Error::from),
                 _ = async {
                     let _ = stop.wait_for(|stop| *stop).await;
                     tokio::time::sleep(grace).await;
-                } => tracing::warn!("requests still running after the shutdown grace period; stopping anyway"),
-            }
+                } => {
+                    tracing::warn!("requests still running after the shutdown grace period; stopping anyway");
+                    Ok(())
+                }
+            };
+            // The same cleanup whether serving ended well or not.
             refresher.abort();
             let _ = refresher.await;
-            let _ = leaving.await;
+            if let Err(err) = &served {
+                tracing::error!(%err, "the HTTP server failed; leaving the cluster");
+                leaving.abort();
+                gossip_on_error.leave(linger).await;
+            } else {
+                let _ = leaving.await;
+            }
             let _ = gossip_task.await;
             // Whatever was acknowledged is already durable; this makes the rest durable too.
             // The store is dropped there as well: fjall's drop fsyncs, which must not happen
@@ -158,6 +173,7 @@ impl Node {
                 synced
             })
             .await??;
+            served?;
             tracing::info!("shoal node stopped");
             Ok(())
         });
