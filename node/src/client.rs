@@ -246,9 +246,7 @@ impl Client {
 
     /// Lists a directory.
     pub async fn list(&self, remote: &str) -> Result<DirListing> {
-        let url =
-            if remote_path(remote) == "/" { format!("{}/v1/dirs/", self.base) } else { self.url("dirs", remote)? };
-        json(self.http.get(url).send().await?).await
+        json(self.http.get(self.url("dirs", remote)?).send().await?).await
     }
 
     /// Makes a directory (and its parents).
@@ -323,6 +321,7 @@ mod tests {
             "http://127.0.0.1:1/v1/files/a%20b/c%3Fd%23e%25f"
         );
         assert_eq!(client.url("dirs", "/x").expect("valid"), "http://127.0.0.1:1/v1/dirs/x");
+        assert_eq!(client.url("dirs", "/").expect("valid"), "http://127.0.0.1:1/v1/dirs/");
     }
 
     #[test]

@@ -114,7 +114,8 @@ pub struct ReadPlan {
 #[derive(Debug)]
 pub struct Upload {
     path: ShoalPath,
-    chunker: Chunker,
+    /// `None` once the content ended.
+    chunker: Option<Chunker>,
     content: blake3::Hasher,
     size: u64,
     blocks: Vec<Option<BlockHash>>,
@@ -133,15 +134,15 @@ impl Upload {
 
     /// Takes the next piece of content; returns the blocks it completed with their indices.
     pub fn push(&mut self, data: &[u8]) -> Vec<(usize, Bytes)> {
+        let chunker = self.chunker.as_mut().expect("no content after the upload finished");
         self.content.update(data);
         self.size += data.len() as u64;
-        self.chunker.push(data).into_iter().map(|block| self.index(block)).collect()
+        chunker.push(data).into_iter().map(|block| self.index(block)).collect()
     }
 
     /// Ends the content; returns the last, short block if there is one.
     pub fn finish(&mut self) -> Option<(usize, Bytes)> {
-        let chunker = std::mem::replace(&mut self.chunker, Chunker::new(1));
-        chunker.finish().map(|block| self.index(block))
+        self.chunker.take()?.finish().map(|block| self.index(block))
     }
 
     /// Records that block `index` is stored under `hash`.
@@ -188,7 +189,7 @@ impl<S: Store> FileCore<S> {
         }
         Ok(Upload {
             path,
-            chunker: Chunker::new(self.block_size as usize),
+            chunker: Some(Chunker::new(self.block_size as usize)),
             content: blake3::Hasher::new(),
             size: 0,
             blocks: Vec::new(),
