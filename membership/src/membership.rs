@@ -396,6 +396,10 @@ impl Membership {
 
     /// Moves foca's queued effects into ours, wrapping packets in the envelope.
     fn drain(&mut self, now_ms: u64) {
+        // This node's own state dates from the first event it handled (`new` has no clock).
+        if now_ms > 0 {
+            self.since.entry(self.foca.identity().node_id).or_insert((MemberState::Alive, now_ms));
+        }
         while let Some((to, data)) = self.runtime.to_send() {
             self.send(to.addr, Kind::Swim, &data);
         }
