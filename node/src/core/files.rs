@@ -108,6 +108,42 @@ pub struct ReadPlan {
     pub pieces: Vec<Piece>,
 }
 
+impl ReadPlan {
+    /// Plans a read of bytes `range` (start, end exclusive; the whole file if `None`) of the
+    /// file `stat` describes. Pure: a caller that already looked the file up (to resolve an
+    /// HTTP range against its size) plans from that same record instead of reading it again.
+    pub fn new(stat: FileStat, range: Option<(u64, u64)>) -> Result<ReadPlan, FileError> {
+        let size = stat.meta.size;
+        // A whole-file read of an empty file is fine; an explicit range must hold a byte.
+        let (start, end) = range.unwrap_or((0, size));
+        let satisfiable = match range {
+            None => true,
+            Some(_) => start < end && end <= size,
+        };
+        if !satisfiable {
+            return Err(FileError::RangeNotSatisfiable { start, end, size });
+        }
+        let block_size = u64::from(stat.meta.block_size);
+        if block_size == 0 && size > 0 {
+            let detail = format!("{} names a block size of 0", stat.path);
+            return Err(FileError::Store(StoreError::Decode { what: "file", detail }));
+        }
+        let mut pieces = Vec::new();
+        let mut at = start;
+        while at < end {
+            let index = at / block_size;
+            let block_start = index * block_size;
+            let block_end = block_start.saturating_add(block_size).min(size);
+            let piece_end = block_end.min(end);
+            let block =
+                *stat.meta.blocks.get(index as usize).ok_or(FileError::RangeNotSatisfiable { start, end, size })?;
+            pieces.push(Piece { block, offset: (at - block_start) as usize, len: (piece_end - at) as usize });
+            at = piece_end;
+        }
+        Ok(ReadPlan { stat, start, end, pieces })
+    }
+}
+
 /// An upload in progress: the driver feeds it the body and stores the blocks it hands out.
 /// Nothing becomes visible until [`FileCore::commit_upload`]; dropping an upload (a client
 /// that went away) leaves at most orphan blocks.
@@ -247,35 +283,7 @@ impl<S: Store> FileCore<S> {
 
     /// Plans a read of bytes `range` (start, end exclusive; the whole file if `None`).
     pub fn read_plan(&self, raw_path: &str, range: Option<(u64, u64)>) -> Result<ReadPlan, FileError> {
-        let stat = self.stat(raw_path)?;
-        let size = stat.meta.size;
-        // A whole-file read of an empty file is fine; an explicit range must hold a byte.
-        let (start, end) = range.unwrap_or((0, size));
-        let satisfiable = match range {
-            None => true,
-            Some(_) => start < end && end <= size,
-        };
-        if !satisfiable {
-            return Err(FileError::RangeNotSatisfiable { start, end, size });
-        }
-        let block_size = u64::from(stat.meta.block_size);
-        if block_size == 0 && size > 0 {
-            let detail = format!("{} names a block size of 0", stat.path);
-            return Err(FileError::Store(StoreError::Decode { what: "file", detail }));
-        }
-        let mut pieces = Vec::new();
-        let mut at = start;
-        while at < end {
-            let index = at / block_size;
-            let block_start = index * block_size;
-            let block_end = (block_start + block_size).min(size);
-            let piece_end = block_end.min(end);
-            let block =
-                *stat.meta.blocks.get(index as usize).ok_or(FileError::RangeNotSatisfiable { start, end, size })?;
-            pieces.push(Piece { block, offset: (at - block_start) as usize, len: (piece_end - at) as usize });
-            at = piece_end;
-        }
-        Ok(ReadPlan { stat, start, end, pieces })
+        ReadPlan::new(self.stat(raw_path)?, range)
     }
 
     /// Fetches one piece of a read, verified.
@@ -485,17 +493,7 @@ mod tests {
     }
 
     fn put(core: &FileCore<MemStore>, path: &str, content: &[u8], now_us: u64) -> Result<FileStat, FileError> {
-        let mut upload = core.begin_upload(path, None)?;
-        // Feed the body in uneven pieces, as a network would.
-        let mut blocks = Vec::new();
-        for piece in content.chunks(3) {
-            blocks.extend(upload.push(piece));
-        }
-        blocks.extend(upload.finish());
-        for (index, block) in blocks {
-            let hash = core.store_block(&block)?;
-            upload.block_stored(index, hash);
-        }
+        let upload = prepared(core, path, content)?;
         core.commit_upload(upload, None, now_us)
     }
 
@@ -548,12 +546,7 @@ mod tests {
     fn a_mismatched_content_hash_stores_no_record() {
         let core = core();
         put(&core, "/f", b"old", 1).expect("put");
-        let mut upload = core.begin_upload("/f", None).expect("begin");
-        let blocks: Vec<_> = upload.push(b"new content").into_iter().chain(upload.finish()).collect();
-        for (index, block) in blocks {
-            let hash = core.store_block(&block).expect("store");
-            upload.block_stored(index, hash);
-        }
+        let upload = prepared(&core, "/f", b"new content").expect("prepare");
         let refused = core.commit_upload(upload, Some(BlockHash::of(b"something else")), 2);
         assert!(matches!(refused, Err(FileError::HashMismatch { .. })));
         assert_eq!(read(&core, "/f", None).expect("the old version stays"), b"old");
@@ -659,8 +652,8 @@ mod tests {
         for _ in 0..200 {
             let core = Arc::new(core());
             // Both uploads pass their early checks before either commits.
-            let file = prepared(&core, "/a", b"file");
-            let child = prepared(&core, "/a/b", b"child");
+            let file = prepared(&core, "/a", b"file").expect("prepare");
+            let child = prepared(&core, "/a/b", b"child").expect("prepare");
             let (first, second) = std::thread::scope(|scope| {
                 let a = scope.spawn(|| core.commit_upload(file, None, 1));
                 let b = scope.spawn(|| core.commit_upload(child, None, 1));
@@ -670,15 +663,20 @@ mod tests {
         }
     }
 
-    /// An upload whose blocks are stored, ready to commit.
-    fn prepared(core: &FileCore<MemStore>, path: &str, content: &[u8]) -> Upload {
-        let mut upload = core.begin_upload(path, None).expect("begin");
-        let blocks: Vec<_> = upload.push(content).into_iter().chain(upload.finish()).collect();
+    /// An upload whose blocks are stored, ready to commit. The body arrives in uneven pieces,
+    /// as a network would deliver it.
+    fn prepared(core: &FileCore<MemStore>, path: &str, content: &[u8]) -> Result<Upload, FileError> {
+        let mut upload = core.begin_upload(path, None)?;
+        let mut blocks = Vec::new();
+        for piece in content.chunks(3) {
+            blocks.extend(upload.push(piece));
+        }
+        blocks.extend(upload.finish());
         for (index, block) in blocks {
-            let hash = core.store_block(&block).expect("store");
+            let hash = core.store_block(&block)?;
             upload.block_stored(index, hash);
         }
-        upload
+        Ok(upload)
     }
 
     #[test]

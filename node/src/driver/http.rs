@@ -299,8 +299,7 @@ async fn get_file(
 ) -> ApiResult<Response> {
     let path = absolute(path)?;
     let core = state.core.clone();
-    let lookup = path.clone();
-    let stat = blocking(move || core.stat(&lookup)).await?;
+    let stat = blocking(move || core.stat(&path)).await?;
     let range = match requested_range(&request_headers, stat.meta.size) {
         Ok(range) => range,
         Err(err) => {
@@ -311,8 +310,9 @@ async fn get_file(
             return Ok(response);
         }
     };
-    let core = state.core.clone();
-    let plan = blocking(move || core.read_plan(&path, range)).await?;
+    // Planned from the record already read: one lookup, and the range was resolved against
+    // the very size the plan serves.
+    let plan = ReadPlan::new(stat, range)?;
     let mut headers = file_headers(&plan.stat);
     headers.typed_insert(headers::ContentLength(plan.end - plan.start));
     let status = if range.is_some() {
