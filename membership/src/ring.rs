@@ -155,6 +155,20 @@ impl Ring {
         slice.iter().map(|&i| &self.members[i as usize])
     }
 
+    /// Each member's share of the token space as primary owner, in [0, 1]; they sum to 1.
+    pub fn primary_shares(&self) -> Vec<(u128, f64)> {
+        let mut shares = vec![0u128; self.members.len()];
+        for arc in 0..self.tokens.len() {
+            let start = if arc == 0 { self.tokens[self.tokens.len() - 1] } else { self.tokens[arc - 1] };
+            let length = self.tokens[arc].wrapping_sub(start);
+            // A ring of one vnode covers everything.
+            let length = if self.tokens.len() == 1 { u64::MAX as u128 + 1 } else { length as u128 };
+            shares[self.prefs[arc * self.replicas] as usize] += length;
+        }
+        let total = u64::MAX as f64 + 1.0;
+        self.members.iter().zip(shares).map(|(m, share)| (m.node_id, share as f64 / total)).collect()
+    }
+
     /// The token ranges `member` owns (as any replica), each with all its owners: what
     /// anti-entropy compares, and with whom. Ranges are inclusive and may wrap (start > end
     /// means the range passes through `u64::MAX`).
@@ -196,6 +210,24 @@ pub fn ring_members(views: &[MemberView], now_ms: u64, evict_after_ms: u64) -> V
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::*;
+
+    #[test]
+    fn primary_shares_sum_to_one_and_track_capacity() {
+        let member = |id: u128, capacity_bytes| RingMember { node_id: id, zone: String::new(), capacity_bytes };
+        let ring = Ring::new(vec![member(1, 1 << 40), member(2, 1 << 40), member(3, 2 << 40)], 3);
+        let shares = ring.primary_shares();
+        let total: f64 = shares.iter().map(|(_, share)| share).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        let big = shares.iter().find(|(id, _)| *id == 3).expect("member 3").1;
+        assert!((0.4..0.6).contains(&big), "twice the capacity owns about half: {big}");
+        let alone = Ring::new(vec![member(9, 1)], 3).primary_shares();
+        assert!((alone[0].1 - 1.0).abs() < 1e-9);
+    }
 }
 
 #[cfg(test)]

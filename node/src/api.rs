@@ -70,7 +70,7 @@ pub struct DeleteResult {
 }
 
 /// `GET /v1/status`: the cluster as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// The answering node.
     pub node_id: String,
@@ -94,7 +94,7 @@ pub struct Replication {
 }
 
 /// One member of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     /// Full node id (32 hex digits).
     pub node_id: String,
@@ -106,6 +106,10 @@ pub struct Member {
     pub zone: String,
     /// `alive`, `suspect`, `down`, `leaving` or `left`.
     pub state: String,
+    /// Percentage of the key space this member owns as primary in this node's ring (0 when
+    /// it is not in the ring).
+    #[serde(default)]
+    pub ring_share_percent: f64,
     /// Which run of the node this is; goes up on every restart.
     pub generation: u64,
     /// Bytes the member offers.

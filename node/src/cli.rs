@@ -131,6 +131,27 @@ pub struct ServeArgs {
     /// Expected cluster size [default: 16].
     #[arg(long)]
     pub expected_members: Option<u32>,
+    /// Copies of every block and record, N [default: 3].
+    #[arg(long)]
+    pub replicas: Option<usize>,
+    /// Owners that must make a write durable before it is acknowledged, W [default: 2].
+    #[arg(long)]
+    pub write_quorum: Option<usize>,
+    /// Owners a read consults, R [default: 2].
+    #[arg(long)]
+    pub read_quorum: Option<usize>,
+    /// Seconds a down member keeps its ring ranges [default: 600].
+    #[arg(long)]
+    pub evict_after_secs: Option<u64>,
+    /// Seconds previous owners are still used after a ring change [default: 60].
+    #[arg(long)]
+    pub transition_secs: Option<u64>,
+    /// Milliseconds a replica has to answer [default: 5000].
+    #[arg(long)]
+    pub rpc_timeout_ms: Option<u64>,
+    /// Requests in flight to one peer at most [default: 64].
+    #[arg(long)]
+    pub rpc_in_flight_per_peer_max: Option<usize>,
 }
 
 fn parse_preset(value: &str) -> Result<shoal_membership::Preset, String> {
@@ -166,7 +187,14 @@ impl ServeArgs {
             cluster_name,
             gossip_preset,
             zone,
-            expected_members
+            expected_members,
+            replicas,
+            write_quorum,
+            read_quorum,
+            evict_after_secs,
+            transition_secs,
+            rpc_timeout_ms,
+            rpc_in_flight_per_peer_max
         );
         config.seeds.extend(self.seeds.iter().cloned());
         if let Some(capacity) = self.capacity_bytes {

@@ -61,6 +61,26 @@ pub struct Config {
     pub zone: String,
     /// Expected cluster size; scales gossip dissemination and suspicion timeouts. Default 16.
     pub expected_members: u32,
+    /// Copies of every block and record (N). 1 to 16, default 3. A cluster with fewer members
+    /// keeps one copy per member.
+    pub replicas: usize,
+    /// Owners that must make a write durable before it is acknowledged (W). 1 to N, default 2.
+    /// With W + R > N a read that starts after a write was acknowledged sees it.
+    pub write_quorum: usize,
+    /// Owners whose answers a read merges (R). 1 to N, default 2.
+    pub read_quorum: usize,
+    /// Seconds a member SWIM declared down keeps its place in the ring before its ranges move
+    /// to others: a flapping node or a short partition moves no data. Default 600.
+    pub evict_after_secs: u64,
+    /// Seconds after a ring change during which the previous owners are still written and
+    /// read, while the new owners catch up. Default 60.
+    pub transition_secs: u64,
+    /// Milliseconds a replica has to answer one request before it counts as timed out (a write
+    /// without a quorum by then is *in doubt*). Default 5000.
+    pub rpc_timeout_ms: u64,
+    /// Requests in flight to one peer at most (one pooled connection each). 1 to 1024,
+    /// default 64.
+    pub rpc_in_flight_per_peer_max: usize,
 }
 
 impl Default for Config {
@@ -82,6 +102,13 @@ impl Default for Config {
             gossip_preset: Preset::Lan,
             zone: "default".into(),
             expected_members: 16,
+            replicas: 3,
+            write_quorum: 2,
+            read_quorum: 2,
+            evict_after_secs: 600,
+            transition_secs: 60,
+            rpc_timeout_ms: 5000,
+            rpc_in_flight_per_peer_max: 64,
         }
     }
 }
@@ -185,11 +212,37 @@ impl Config {
                 format!("{} is outside 1..=64", self.download_blocks_ahead_max),
             );
         }
+        if !(1..=16).contains(&self.replicas) {
+            return invalid("replicas", format!("{} is outside 1..=16", self.replicas));
+        }
+        if !(1..=self.replicas).contains(&self.write_quorum) {
+            return invalid(
+                "write_quorum",
+                format!("{} is outside 1..={} (replicas)", self.write_quorum, self.replicas),
+            );
+        }
+        if !(1..=self.replicas).contains(&self.read_quorum) {
+            return invalid("read_quorum", format!("{} is outside 1..={} (replicas)", self.read_quorum, self.replicas));
+        }
+        if self.rpc_timeout_ms == 0 {
+            return invalid("rpc_timeout_ms", "must be positive".into());
+        }
+        if !(1..=1024).contains(&self.rpc_in_flight_per_peer_max) {
+            return invalid(
+                "rpc_in_flight_per_peer_max",
+                format!("{} is outside 1..=1024", self.rpc_in_flight_per_peer_max),
+            );
+        }
         Ok(())
     }
 }
 
 impl Config {
+    /// N, W and R.
+    pub fn quorum(&self) -> crate::core::replication::Quorum {
+        crate::core::replication::Quorum { n: self.replicas, w: self.write_quorum, r: self.read_quorum }
+    }
+
     /// The membership settings this config describes.
     pub fn membership_config(&self) -> shoal_membership::MembershipConfig {
         let expected = std::num::NonZeroU32::new(self.expected_members).unwrap_or(std::num::NonZeroU32::MIN);

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use crate::{BlockHash, DirEntry, DirRecord, FileRecord, StoreError};
 
 /// A record write, merged into whatever the store already holds for that key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RecordUpdate {
     /// Merge into the file record at this path.
     File(String, FileRecord),

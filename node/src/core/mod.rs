@@ -7,3 +7,4 @@ pub mod chunker;
 pub mod files;
 pub mod hlc;
 pub mod path;
+pub mod replication;

@@ -16,17 +16,22 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use headers::HeaderMapExt;
 use shoal_storage::{BlockHash, EntryKind, FjallStore, NodeId, Store, StoreError};
 
+use super::cluster::Cluster;
 use super::gossip::Gossip;
 use super::metrics::{Metrics, RequestLabels};
-use super::{blocking, now_ms, now_us};
+use super::{blocking, now_ms};
 use crate::api::{self, DeleteResult, DirListing, DirListingEntry, ErrorBody, FileInfo, MkdirResult};
 use crate::config::Config;
-use crate::core::files::{FileCore, FileError, FileStat, ReadPlan};
+use crate::core::files::{FileError, FileStat, Listed, ReadPlan};
+use crate::core::replication::{Coordinator, FileOp, FileOutcome, Placement, Quorum};
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    core: Arc<FileCore<FjallStore>>,
+    coordinator: Arc<Coordinator>,
+    cluster: Cluster,
+    store: Arc<FjallStore>,
+    quorum: Quorum,
     gossip: Gossip,
     metrics: Arc<Metrics>,
     node_id: NodeId,
@@ -38,17 +43,24 @@ pub struct AppState {
 }
 
 impl AppState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        core: Arc<FileCore<FjallStore>>,
+        coordinator: Arc<Coordinator>,
+        cluster: Cluster,
+        store: Arc<FjallStore>,
         gossip: Gossip,
+        metrics: Arc<Metrics>,
         config: &Config,
         node_id: NodeId,
         started_ms: u64,
     ) -> Self {
         Self {
-            core,
+            coordinator,
+            cluster,
+            store,
+            quorum: config.quorum(),
             gossip,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             node_id,
             started_ms,
             upload_blocks_in_flight_max: config.upload_blocks_in_flight_max,
@@ -111,6 +123,8 @@ impl From<FileError> for ApiError {
             FileError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             FileError::Store(StoreError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
             FileError::Store(StoreError::Poisoned) => StatusCode::SERVICE_UNAVAILABLE,
+            FileError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            FileError::InDoubt(_) => StatusCode::GATEWAY_TIMEOUT,
             FileError::BlockUnavailable(_) | FileError::ClockExhausted(_) | FileError::Store(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -201,11 +215,10 @@ async fn put_file(
                 .ok_or_else(|| ApiError::bad_request(format!("{} must be 64 hex digits", api::HEADER_BLAKE3)))?,
         ),
     };
-    let expected_size = headers.typed_get::<headers::ContentLength>().map(|len| len.0);
-    let core = state.core.clone();
-    let mut upload = blocking(move || core.begin_upload(&path, expected_size)).await?;
+    let mut upload = state.coordinator.begin_upload(&path)?;
+    let placement = state.cluster.placement()?;
 
-    // Blocks are written on the blocking pool while the next ones arrive; at most
+    // Blocks go to their owners while the next ones arrive; at most
     // `upload_blocks_in_flight_max` at once, so memory stays bounded.
     let mut writes = FuturesOrdered::new();
     let mut body = body.into_data_stream();
@@ -228,30 +241,77 @@ async fn put_file(
         };
         for (index, block) in blocks {
             if writes.len() >= state.upload_blocks_in_flight_max {
-                let (index, hash) = next_write(&mut writes).await?;
+                let (index, hash) = next_write(&state, &mut writes).await?;
                 upload.block_stored(index, hash);
             }
-            let core = state.core.clone();
-            writes.push_back(tokio::task::spawn_blocking(move || core.store_block(&block).map(|hash| (index, hash))));
+            writes.push_back(store_block(state.clone(), placement.clone(), index, block));
         }
     }
     while !writes.is_empty() {
-        let (index, hash) = next_write(&mut writes).await?;
+        let (index, hash) = next_write(&state, &mut writes).await?;
         upload.block_stored(index, hash);
     }
-    let core = state.core.clone();
-    let stat = blocking(move || core.commit_upload(upload, declared, now_us())).await?;
+    let op = state.coordinator.commit(placement, upload, declared)?;
+    let stat = match run_file_op(&state, op).await? {
+        FileOutcome::File(stat) => stat,
+        other => return Err(unexpected(other)),
+    };
     tracing::debug!(path = %stat.path, size = stat.meta.size, version = %version_string(&stat), "file stored");
     Ok((StatusCode::CREATED, Json(file_info(&stat))).into_response())
 }
 
-type BlockWrite = tokio::task::JoinHandle<Result<(usize, BlockHash), FileError>>;
+/// Stores one block of an upload on its owners.
+async fn store_block(
+    state: AppState,
+    placement: Arc<Placement>,
+    index: usize,
+    block: bytes::Bytes,
+) -> Result<(usize, BlockHash), FileError> {
+    // Hashing a block takes a while: off the async workers.
+    let coordinator = state.coordinator.clone();
+    let (hash, write) = blocking(move || Ok(coordinator.put_block(&placement, block))).await?;
+    match state.cluster.run(write).await {
+        Ok(()) => Ok((index, hash)),
+        Err(failure) if failure.in_doubt => Err(FileError::InDoubt(failure.detail)),
+        Err(failure) => Err(FileError::Unavailable(failure.detail)),
+    }
+}
 
-async fn next_write(writes: &mut FuturesOrdered<BlockWrite>) -> ApiResult<(usize, BlockHash)> {
+async fn next_write(
+    state: &AppState,
+    writes: &mut FuturesOrdered<impl Future<Output = Result<(usize, BlockHash), FileError>>>,
+) -> ApiResult<(usize, BlockHash)> {
     match writes.next().await {
-        Some(Ok(result)) => Ok(result?),
-        Some(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+        Some(Ok(stored)) => Ok(stored),
+        Some(Err(err)) => {
+            if matches!(err, FileError::InDoubt(_)) {
+                state.metrics.writes_in_doubt.inc();
+            }
+            Err(err.into())
+        }
         None => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no block write pending")),
+    }
+}
+
+/// Runs a file operation across the owners.
+async fn run_file_op(state: &AppState, op: FileOp) -> Result<FileOutcome, FileError> {
+    let outcome = state.cluster.run(op).await;
+    if let Err(FileError::InDoubt(_)) = &outcome {
+        state.metrics.writes_in_doubt.inc();
+    }
+    outcome
+}
+
+fn unexpected(outcome: FileOutcome) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected outcome {outcome:?}"))
+}
+
+/// The live file at `path`, read from a read quorum of its owners.
+async fn stat_file(state: &AppState, path: &str) -> ApiResult<FileStat> {
+    let op = state.coordinator.stat(state.cluster.placement()?, path)?;
+    match run_file_op(state, op).await? {
+        FileOutcome::File(stat) => Ok(stat),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -285,8 +345,7 @@ fn requested_range(headers: &HeaderMap, size: u64) -> ApiResult<Option<(u64, u64
 
 async fn head_file(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
     let path = absolute(path)?;
-    let core = state.core.clone();
-    let stat = blocking(move || core.stat(&path)).await?;
+    let stat = stat_file(&state, &path).await?;
     let mut headers = file_headers(&stat);
     headers.typed_insert(headers::ContentLength(stat.meta.size));
     Ok((StatusCode::OK, headers).into_response())
@@ -298,8 +357,7 @@ async fn get_file(
     request_headers: HeaderMap,
 ) -> ApiResult<Response> {
     let path = absolute(path)?;
-    let core = state.core.clone();
-    let stat = blocking(move || core.stat(&path)).await?;
+    let stat = stat_file(&state, &path).await?;
     let range = match requested_range(&request_headers, stat.meta.size) {
         Ok(range) => range,
         Err(err) => {
@@ -330,27 +388,35 @@ async fn get_file(
 /// starts, so a missing first block is a clean error; a later failure aborts the body, which
 /// the client sees as a truncated transfer, never as wrong bytes.
 async fn stream_plan(state: &AppState, plan: ReadPlan) -> ApiResult<Body> {
-    let core = state.core.clone();
     let metrics = state.metrics.clone();
+    let placement = state.cluster.placement()?;
+    let fetcher = state.clone();
     let mut pieces = futures_util::stream::iter(plan.pieces)
         .map(move |piece| {
-            let core = core.clone();
-            tokio::task::spawn_blocking(move || core.read_piece(&piece))
+            let state = fetcher.clone();
+            let fetch = state.coordinator.fetch_block(&placement, piece.block);
+            async move {
+                let block = state.cluster.run(fetch).await.map_err(|failure| {
+                    tracing::warn!(block = %piece.block, detail = %failure.detail, "no owner served a verified copy");
+                    FileError::BlockUnavailable(piece.block)
+                })?;
+                if piece.offset + piece.len > block.len() {
+                    return Err(FileError::BlockUnavailable(piece.block));
+                }
+                Ok(block.slice(piece.offset..piece.offset + piece.len))
+            }
         })
         .buffered(state.download_blocks_ahead_max)
-        .map(move |joined| match joined {
-            Ok(Ok(bytes)) => {
+        .map(move |fetched| match fetched {
+            Ok(bytes) => {
                 metrics.bytes_sent.inc_by(bytes.len() as u64);
                 Ok(bytes)
             }
-            Ok(Err(err)) => {
-                if matches!(err, FileError::BlockUnavailable(_)) {
-                    metrics.blocks_unavailable.inc();
-                }
+            Err(err) => {
+                metrics.blocks_unavailable.inc();
                 tracing::error!(%err, "read failed mid-stream; aborting the response");
                 Err(std::io::Error::other(err.to_string()))
             }
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
         });
     let first = match pieces.next().await {
         None => return Ok(Body::empty()),
@@ -367,9 +433,8 @@ async fn delete_file(
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<DeleteResult>> {
     let path = absolute(path)?;
-    let core = state.core.clone();
-    let deleted = path.clone();
-    blocking(move || core.delete(&deleted, now_us())).await?;
+    let op = state.coordinator.delete(state.cluster.placement()?, &path)?;
+    run_file_op(&state, op).await?;
     Ok(Json(DeleteResult { path, files_deleted: 1 }))
 }
 
@@ -385,9 +450,11 @@ async fn list_dir(
 }
 
 async fn list(state: AppState, path: String) -> ApiResult<Json<DirListing>> {
-    let core = state.core.clone();
-    let listed_path = path.clone();
-    let listed = blocking(move || core.list(&listed_path)).await?;
+    let op = state.coordinator.list(state.cluster.placement()?, &path)?;
+    let listed: Vec<Listed> = match run_file_op(&state, op).await? {
+        FileOutcome::Listing(listed) => listed,
+        other => return Err(unexpected(other)),
+    };
     let entries = listed
         .into_iter()
         .map(|listed| DirListingEntry {
@@ -405,9 +472,11 @@ async fn list(state: AppState, path: String) -> ApiResult<Json<DirListing>> {
 
 async fn make_dir(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
     let path = absolute(path)?;
-    let core = state.core.clone();
-    let made = path.clone();
-    let created = blocking(move || core.mkdir(&made, now_us())).await?;
+    let op = state.coordinator.mkdir(state.cluster.placement()?, &path)?;
+    let created = match run_file_op(&state, op).await? {
+        FileOutcome::Made(created) => created,
+        other => return Err(unexpected(other)),
+    };
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(MkdirResult { path, created })).into_response())
 }
@@ -425,9 +494,11 @@ async fn remove_dir(
 ) -> ApiResult<Json<DeleteResult>> {
     let path = absolute(path)?;
     let Query(query) = query.map_err(|err| ApiError::bad_request(err.body_text()))?;
-    let core = state.core.clone();
-    let removed = path.clone();
-    let files_deleted = blocking(move || core.rmdir(&removed, query.recursive, now_us())).await?;
+    let op = state.coordinator.rmdir(state.cluster.placement()?, &path, query.recursive)?;
+    let files_deleted = match run_file_op(&state, op).await? {
+        FileOutcome::Removed(count) => count,
+        other => return Err(unexpected(other)),
+    };
     Ok(Json(DeleteResult { path, files_deleted }))
 }
 
@@ -437,6 +508,8 @@ async fn status(State(state): State<AppState>) -> ApiResult<Json<api::Status>> {
         .members()
         .await
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "membership is shutting down"))?;
+    let shares: std::collections::HashMap<u128, f64> =
+        state.cluster.placement_anyway().ring().primary_shares().into_iter().collect();
     let now = now_ms();
     let members = views
         .into_iter()
@@ -448,6 +521,7 @@ async fn status(State(state): State<AppState>) -> ApiResult<Json<api::Status>> {
                 cluster_addr: view.identity.addr.to_string(),
                 zone: record.map(|r| r.zone.clone()).unwrap_or_default(),
                 state: view.state.as_str().into(),
+                ring_share_percent: shares.get(&view.identity.node_id).map_or(0.0, |share| share * 100.0),
                 generation: view.identity.generation,
                 capacity_bytes: record.map_or(0, |r| r.capacity_bytes),
                 disk_used_bytes: record.map_or(0, |r| r.disk_used_bytes),
@@ -456,17 +530,18 @@ async fn status(State(state): State<AppState>) -> ApiResult<Json<api::Status>> {
             }
         })
         .collect();
+    let quorum = state.quorum;
     Ok(Json(api::Status {
         node_id: state.node_id.to_string(),
         shoal_version: env!("CARGO_PKG_VERSION").into(),
-        replication: api::Replication { n: 1, w: 1, r: 1 },
+        replication: api::Replication { n: quorum.n as u32, w: quorum.w as u32, r: quorum.r as u32 },
         members,
     }))
 }
 
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
-    let core = state.core.clone();
-    if let Ok(usage) = blocking(move || Ok(core.store().usage()?)).await {
+    let store = state.store.clone();
+    if let Ok(usage) = blocking(move || Ok(store.usage()?)).await {
         state.metrics.disk_used_bytes.set(usage.used_bytes as i64);
         state.metrics.disk_available_bytes.set(usage.available_bytes as i64);
     }

@@ -38,6 +38,12 @@ pub struct Metrics {
     pub gossip_traffic: Family<TrafficLabels, Counter>,
     /// Gossip datagrams dropped, by reason.
     pub gossip_dropped: Family<DropLabels, Counter>,
+    /// Records written to replicas found stale by a read (read repair).
+    pub read_repairs: Counter,
+    /// Writes answered as in doubt (no write quorum, but possibly applied somewhere).
+    pub writes_in_doubt: Counter,
+    /// RPC connections closed because of what the peer sent, by reason.
+    pub rpc_rejected: Family<DropLabels, Counter>,
     /// Members by state in this node's view, updated on every scrape.
     pub members: Family<StateLabels, Gauge>,
     last_gossip: std::sync::Mutex<shoal_membership::Stats>,
@@ -92,9 +98,18 @@ impl Metrics {
         registry.register("gossip_traffic", "Gossip datagrams and bytes by direction", gossip_traffic.clone());
         let gossip_dropped = Family::<DropLabels, Counter>::default();
         registry.register("gossip_dropped", "Gossip datagrams dropped, by reason", gossip_dropped.clone());
+        let read_repairs = Counter::default();
+        registry.register("read_repairs", "Stale replicas repaired by reads", read_repairs.clone());
+        let writes_in_doubt = Counter::default();
+        registry.register("writes_in_doubt", "Writes answered as in doubt", writes_in_doubt.clone());
+        let rpc_rejected = Family::<DropLabels, Counter>::default();
+        registry.register("rpc_rejected", "RPC connections closed for what the peer sent", rpc_rejected.clone());
         let members = Family::<StateLabels, Gauge>::default();
         registry.register("members", "Members by state in this node's view", members.clone());
         Self {
+            read_repairs,
+            writes_in_doubt,
+            rpc_rejected,
             gossip_traffic,
             gossip_dropped,
             members,

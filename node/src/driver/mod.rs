@@ -2,10 +2,12 @@
 //! (ARCHITECTURE §2). The only module allowed to read the clock or spawn tasks.
 #![allow(clippy::disallowed_methods)]
 
+mod cluster;
 mod gossip;
 mod http;
 mod identity;
 mod metrics;
+mod rpc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +21,8 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::core::files::{FileCore, FileError};
+use crate::core::files::FileError;
+use crate::core::replication::Coordinator;
 
 pub use identity::{load_or_create_node_id, next_generation};
 
@@ -50,7 +53,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 pub struct Node {
     /// Where the HTTP API listens (the real port when the config asked for port 0).
     pub http_addr: SocketAddr,
-    /// Where gossip listens (UDP).
+    /// Where gossip (UDP) and RPC (TCP) listen.
     pub cluster_addr: SocketAddr,
     /// This node's id.
     pub node_id: NodeId,
@@ -82,7 +85,7 @@ impl Node {
             .await?
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
         let store = Arc::new(store);
-        let core = Arc::new(FileCore::new(store.clone(), node_id, config.block_size_bytes));
+        let coordinator = Coordinator::new(node_id, config.block_size_bytes);
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
@@ -91,6 +94,10 @@ impl Node {
             .await
             .with_context(|| format!("cannot listen for gossip on {}", config.cluster_addr))?;
         let cluster_addr = socket.local_addr()?;
+        // RPC on the same port number, over TCP.
+        let rpc_listener = TcpListener::bind(cluster_addr)
+            .await
+            .with_context(|| format!("cannot listen for RPC on {cluster_addr} (TCP)"))?;
 
         let usage = {
             let store = store.clone();
@@ -119,8 +126,42 @@ impl Node {
         let (gossip, gossip_task) = Gossip::start(socket, membership);
         let refresher = tokio::spawn(refresh_disk_usage(store.clone(), gossip.clone()));
 
-        let state = http::AppState::new(core, gossip.clone(), &config, node_id, now_ms());
+        let metrics = Arc::new(metrics::Metrics::new());
+        let limits = rpc::RpcLimits {
+            request_timeout: Duration::from_millis(config.rpc_timeout_ms),
+            in_flight_per_peer_max: config.rpc_in_flight_per_peer_max,
+        };
+        let rpc_client = rpc::RpcClient::new(limits, metrics.clone());
+        let quorum = config.quorum();
+        let cluster = cluster::Cluster::new(
+            node_id,
+            quorum,
+            store.clone(),
+            rpc_client,
+            metrics.clone(),
+            !config.seeds.is_empty(),
+        );
+        let follower = tokio::spawn(cluster.clone().follow(
+            gossip.clone(),
+            quorum,
+            config.evict_after_secs.saturating_mul(1000),
+            config.transition_secs.saturating_mul(1000),
+        ));
+        let state = http::AppState::new(
+            coordinator,
+            cluster,
+            store.clone(),
+            gossip.clone(),
+            metrics.clone(),
+            &config,
+            node_id,
+            now_ms(),
+        );
         let (shutdown, mut stop) = watch::channel(false);
+        // Peers keep reaching this node's replica until the very end: other coordinators
+        // still count on it while it leaves.
+        let (stop_rpc, rpc_stopped) = watch::channel(false);
+        let rpc_server = tokio::spawn(rpc::serve(rpc_listener, store.clone(), limits, metrics, rpc_stopped));
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         tracing::info!(
             node_id = %node_id, generation, %http_addr, %cluster_addr, seeds = ?config.seeds,
@@ -156,6 +197,8 @@ impl Node {
             // The same cleanup whether serving ended well or not.
             refresher.abort();
             let _ = refresher.await;
+            follower.abort();
+            let _ = follower.await;
             if let Err(err) = &served {
                 tracing::error!(%err, "the HTTP server failed; leaving the cluster");
                 leaving.abort();
@@ -164,6 +207,8 @@ impl Node {
                 let _ = leaving.await;
             }
             let _ = gossip_task.await;
+            let _ = stop_rpc.send(true);
+            let _ = rpc_server.await;
             // Whatever was acknowledged is already durable; this makes the rest durable too.
             // The store is dropped there as well: fjall's drop fsyncs, which must not happen
             // on an async worker.

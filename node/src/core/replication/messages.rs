@@ -1,0 +1,200 @@
+//! What a coordinator asks of a replica and what it answers (ARCHITECTURE §6, §8). Records and
+//! blocks are separate subsystems with separate message enums; [`Request`] and [`Reply`] wrap
+//! them for the one RPC connection between two nodes.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use shoal_storage::{BlockHash, DirEntry, DirRecord, FileRecord, RecordUpdate, StoreError, Version};
+
+/// A record as replicas store it. Every key of a directory (its listing and each entry) is
+/// placed by the directory's path, so one owner set answers for a whole directory.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RecordKey {
+    /// The file record at a path.
+    File(String),
+    /// One child entry of a directory.
+    Entry {
+        /// The directory.
+        dir: String,
+        /// The child's name.
+        name: String,
+    },
+    /// Every entry of a directory.
+    Dir(String),
+}
+
+impl RecordKey {
+    /// The bytes the ring places this key by.
+    pub fn placement(&self) -> &[u8] {
+        match self {
+            RecordKey::File(path) => path.as_bytes(),
+            RecordKey::Entry { dir, .. } | RecordKey::Dir(dir) => dir.as_bytes(),
+        }
+    }
+}
+
+/// What one replica holds for a [`RecordKey`]; `None` when it holds nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordValue {
+    /// A file record.
+    File(Option<FileRecord>),
+    /// One directory entry.
+    Entry(Option<DirEntry>),
+    /// A directory's entries.
+    Dir(Option<DirRecord>),
+}
+
+impl RecordValue {
+    /// The merge of two answers for the same key (each record type's own merge; "nothing"
+    /// is the identity). Answers of different kinds cannot come from a correct replica: the
+    /// first one is kept.
+    pub fn merge(self, other: RecordValue) -> RecordValue {
+        fn either<T>(a: Option<T>, b: Option<T>, merge: impl FnOnce(T, T) -> T) -> Option<T> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(merge(a, b)),
+                (a, b) => a.or(b),
+            }
+        }
+        match (self, other) {
+            (RecordValue::File(a), RecordValue::File(b)) => RecordValue::File(either(a, b, FileRecord::merge)),
+            (RecordValue::Entry(a), RecordValue::Entry(b)) => RecordValue::Entry(either(a, b, std::cmp::max)),
+            (RecordValue::Dir(a), RecordValue::Dir(b)) => RecordValue::Dir(either(a, b, DirRecord::merge)),
+            (first, _) => first,
+        }
+    }
+
+    /// Every version in the answer, so a write that follows it can be ordered after it.
+    pub fn versions(&self) -> Vec<Version> {
+        match self {
+            RecordValue::File(record) => record.iter().map(|record| record.version).collect(),
+            RecordValue::Entry(entry) => entry.iter().map(|entry| entry.version).collect(),
+            RecordValue::Dir(dir) => dir.iter().flat_map(|dir| dir.children.values().map(|e| e.version)).collect(),
+        }
+    }
+
+    /// The write that brings a replica holding `self` up to `merged` for `key`, if it lacks
+    /// anything (read repair).
+    pub fn repair_to(&self, key: &RecordKey, merged: &RecordValue) -> Option<RecordUpdate> {
+        if self.clone().merge(merged.clone()) == *self {
+            return None;
+        }
+        match (key, merged) {
+            (RecordKey::File(path), RecordValue::File(Some(record))) => {
+                Some(RecordUpdate::File(path.clone(), record.clone()))
+            }
+            (RecordKey::Entry { dir, name }, RecordValue::Entry(Some(entry))) => {
+                Some(RecordUpdate::Dir(dir.clone(), DirRecord { children: [(name.clone(), *entry)].into() }))
+            }
+            (RecordKey::Dir(dir), RecordValue::Dir(Some(record))) => {
+                // Only the entries this replica is missing or holds older.
+                let have = match self {
+                    RecordValue::Dir(Some(have)) => have.children.clone(),
+                    _ => Default::default(),
+                };
+                let children = record
+                    .children
+                    .iter()
+                    .filter(|(name, entry)| have.get(*name).is_none_or(|mine| mine < *entry))
+                    .map(|(name, entry)| (name.clone(), *entry))
+                    .collect();
+                Some(RecordUpdate::Dir(dir.clone(), DirRecord { children }))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Record replication messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordRpc {
+    /// What do you hold for this key?
+    Read(RecordKey),
+    /// Merge these updates atomically and make them durable before answering.
+    Merge(Vec<RecordUpdate>),
+}
+
+/// Block messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockRpc {
+    /// Store this block durably; the replica verifies the bytes against the name.
+    Put {
+        /// The block's name.
+        hash: BlockHash,
+        /// Its bytes.
+        bytes: Bytes,
+    },
+    /// Send me this block if you hold a verified copy.
+    Get(BlockHash),
+}
+
+/// A request from a coordinator to a replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// About records.
+    Record(RecordRpc),
+    /// About blocks.
+    Block(BlockRpc),
+}
+
+/// A replica's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The answer to [`RecordRpc::Read`].
+    Value(RecordValue),
+    /// The write is durable here.
+    Durable,
+    /// The answer to [`BlockRpc::Get`]: the verified bytes, or `None` if this replica has no
+    /// good copy.
+    Block(Option<Bytes>),
+    /// The replica could not do it; nothing changed there.
+    Refused(Refusal),
+}
+
+/// Why a replica refused a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// Its disk is full.
+    #[error("a replica's disk is full")]
+    Full,
+    /// Its store failed an fsync and refuses writes until restarted.
+    #[error("a replica's store is poisoned")]
+    Poisoned,
+    /// The block's bytes did not match its name.
+    #[error("block bytes do not match their name")]
+    HashMismatch,
+    /// Anything else, described.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Full { .. } => Refusal::Full,
+            StoreError::Poisoned => Refusal::Poisoned,
+            StoreError::HashMismatch(_) => Refusal::HashMismatch,
+            other => Refusal::Other(other.to_string()),
+        }
+    }
+}
+
+/// Why a request got no answer from a replica.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    /// No answer in time: the request may or may not have taken effect.
+    #[error("timed out")]
+    Timeout,
+    /// The request certainly did not reach the replica (no address, connection refused).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The connection broke after the request may have been sent.
+    #[error("connection lost: {0}")]
+    Lost(String),
+}
+
+impl RpcError {
+    /// Whether the request may have taken effect although no answer came.
+    pub fn maybe_applied(&self) -> bool {
+        !matches!(self, RpcError::Unreachable(_))
+    }
+}

@@ -1,0 +1,19 @@
+//! Replication (ARCHITECTURE §5, §6): who owns a key, what coordinators and replicas say to
+//! each other, and the quorum operations built from those messages. Sans-IO: operations queue
+//! requests and take replies; the tokio driver and the simulator carry them.
+
+pub mod coordinator;
+pub mod local;
+pub mod messages;
+pub mod placement;
+pub mod quorum;
+pub mod replica;
+
+pub use coordinator::{Coordinator, FileOp, FileOutcome};
+pub use local::LocalCluster;
+pub use messages::{BlockRpc, RecordKey, RecordRpc, RecordValue, Refusal, Reply, Request, RpcError};
+pub use placement::{Placement, PlacementTracker, Quorum};
+pub use quorum::{FetchBlock, Op, Outgoing, QuorumFailure, ReadKeys, WriteQuorum};
+
+#[cfg(test)]
+mod tests;

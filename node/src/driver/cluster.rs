@@ -1,0 +1,168 @@
+//! Carries the replication core's operations: requests to this node go to the local store on
+//! the blocking pool, requests to peers over RPC; every request gets an answer or a failure.
+//! Also follows the membership to keep the placement (ring and transitions) current.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use shoal_membership::{MemberState, ring_members};
+use shoal_storage::{FjallStore, NodeId};
+use tokio::sync::oneshot;
+
+use super::gossip::Gossip;
+use super::metrics::Metrics;
+use super::rpc::RpcClient;
+use super::{now_ms, now_us};
+use crate::core::files::FileError;
+use crate::core::replication::{Op, Placement, PlacementTracker, Quorum, Reply, Request, RpcError, replica};
+
+/// How often the placement follows the membership view.
+const PLACEMENT_REFRESH: Duration = Duration::from_millis(200);
+
+/// The placement and where to reach each member.
+#[derive(Clone)]
+struct View {
+    placement: Arc<Placement>,
+    rpc_addrs: Arc<HashMap<NodeId, SocketAddr>>,
+    /// Whether this node may coordinate: it has joined the cluster it was pointed at.
+    ready: bool,
+}
+
+/// A handle shared by every request of one node.
+#[derive(Clone)]
+pub struct Cluster {
+    this: NodeId,
+    store: Arc<FjallStore>,
+    rpc: RpcClient,
+    view: Arc<RwLock<View>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Cluster {
+    /// A cluster handle for node `this`, alone until [`follow`](Cluster::follow) learns more.
+    /// A node started with seeds refuses to coordinate until it has joined through them.
+    pub fn new(
+        this: NodeId,
+        quorum: Quorum,
+        store: Arc<FjallStore>,
+        rpc: RpcClient,
+        metrics: Arc<Metrics>,
+        has_seeds: bool,
+    ) -> Cluster {
+        let view = View {
+            placement: Arc::new(Placement::alone(this, quorum)),
+            rpc_addrs: Arc::new(HashMap::new()),
+            ready: !has_seeds,
+        };
+        Cluster { this, store, rpc, view: Arc::new(RwLock::new(view)), metrics }
+    }
+
+    /// The placement requests start under now, or why none can.
+    pub fn placement(&self) -> Result<Arc<Placement>, FileError> {
+        let view = self.view.read().unwrap_or_else(|poison| poison.into_inner());
+        if !view.ready {
+            return Err(FileError::Unavailable("this node has not joined its cluster yet".into()));
+        }
+        Ok(view.placement.clone())
+    }
+
+    /// The placement in force, even before this node joined (for status).
+    pub fn placement_anyway(&self) -> Arc<Placement> {
+        self.view.read().unwrap_or_else(|poison| poison.into_inner()).placement.clone()
+    }
+
+    /// Keeps the placement current with the membership until the gossip task stops.
+    pub async fn follow(self, gossip: Gossip, quorum: Quorum, evict_after_ms: u64, transition_ms: u64) {
+        let mut tracker = PlacementTracker::new(self.this, quorum, transition_ms);
+        let mut tick = tokio::time::interval(PLACEMENT_REFRESH);
+        loop {
+            tick.tick().await;
+            let Some((views, _)) = gossip.members().await else { return };
+            let now = now_ms();
+            let rpc_addrs: HashMap<NodeId, SocketAddr> = views
+                .iter()
+                .filter_map(|view| Some((NodeId(view.identity.node_id), view.record.as_ref()?.rpc_addr)))
+                .collect();
+            let joined = views.iter().any(|view| {
+                view.identity.node_id != self.this.0 && matches!(view.state, MemberState::Alive | MemberState::Suspect)
+            });
+            let changed = tracker.update(now, ring_members(&views, now, evict_after_ms));
+            let mut view = self.view.write().unwrap_or_else(|poison| poison.into_inner());
+            if let Some(placement) = changed {
+                tracing::info!(
+                    members = placement.ring().members().len(),
+                    transition = placement.in_transition(),
+                    "placement changed"
+                );
+                view.placement = placement;
+            }
+            view.rpc_addrs = Arc::new(rpc_addrs);
+            view.ready |= joined;
+        }
+    }
+
+    /// Sends one request and waits for the answer.
+    async fn call(&self, to: NodeId, request: Request) -> Result<Reply, RpcError> {
+        if to == self.this {
+            let store = self.store.clone();
+            return match tokio::task::spawn_blocking(move || replica::serve(&*store, request)).await {
+                Ok(reply) => Ok(reply),
+                Err(join) => std::panic::resume_unwind(join.into_panic()),
+            };
+        }
+        let addr = {
+            let view = self.view.read().unwrap_or_else(|poison| poison.into_inner());
+            view.rpc_addrs.get(&to).copied()
+        };
+        match addr {
+            Some(addr) => self.rpc.call(addr, request).await,
+            None => Err(RpcError::Unreachable(format!("no address known for {to}"))),
+        }
+    }
+
+    /// Runs `op`: returns its outcome as soon as it is decided, and lets it finish (read
+    /// repair, stragglers) in the background.
+    pub async fn run<O>(&self, op: O) -> O::Output
+    where
+        O: Op + 'static,
+        O::Output: Send + 'static,
+    {
+        let (answer, answered) = oneshot::channel();
+        let cluster = self.clone();
+        tokio::spawn(cluster.drive(op, answer));
+        match answered.await {
+            Ok(outcome) => outcome,
+            // The driving task panicked: a bug in the core; it was logged by the panic hook.
+            Err(_) => panic!("an operation ended without an outcome"),
+        }
+    }
+
+    async fn drive<O: Op>(self, mut op: O, answer: oneshot::Sender<O::Output>) {
+        let mut answer = Some(answer);
+        let mut calls = FuturesUnordered::new();
+        loop {
+            while let Some(outgoing) = op.poll_request() {
+                let cluster = self.clone();
+                calls.push(async move { (outgoing.token, cluster.call(outgoing.to, outgoing.request).await) });
+            }
+            if let Some(outcome) = op.poll_outcome()
+                && let Some(answer) = answer.take()
+            {
+                let _ = answer.send(outcome);
+            }
+            if op.is_finished() {
+                break;
+            }
+            let Some((token, reply)) = calls.next().await else {
+                // No request in flight and not finished: a bug in the operation.
+                tracing::error!("an operation stalled with nothing in flight");
+                break;
+            };
+            op.handle_reply(now_us(), token, reply);
+        }
+        self.metrics.read_repairs.inc_by(op.repairs_sent());
+    }
+}
