@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -295,6 +296,78 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 }
 
 impl Store for FjallStore {
+    fn scan_files(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, FileRecord)>, StoreError> {
+        let start = after.map_or(Bound::Unbounded, |after| Bound::Excluded(after.as_bytes().to_vec()));
+        let mut out = Vec::new();
+        for guard in self.files.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
+            let (key, value) = guard.into_inner()?;
+            let path = String::from_utf8(key.to_vec())
+                .map_err(|_| StoreError::Decode { what: "file", detail: "path is not UTF-8".into() })?;
+            out.push((path, decode("file", &value)?));
+        }
+        Ok(out)
+    }
+
+    fn scan_dir_entries(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, DirEntry)>, StoreError> {
+        let start = after.map_or(Bound::Unbounded, |(dir, name)| Bound::Excluded(entry_key(dir, name)));
+        let mut out = Vec::new();
+        for guard in self.dir_entries.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
+            let (key, value) = guard.into_inner()?;
+            let bad = || StoreError::Decode { what: "directory entry", detail: "malformed key".into() };
+            let split = key.iter().position(|byte| *byte == 0).ok_or_else(bad)?;
+            let dir = std::str::from_utf8(&key[..split]).map_err(|_| bad())?;
+            let name = std::str::from_utf8(&key[split + 1..]).map_err(|_| bad())?;
+            out.push((dir.to_string(), name.to_string(), decode("directory entry", &value)?));
+        }
+        Ok(out)
+    }
+
+    fn scan_blocks(&self, after: Option<&BlockHash>, limit: usize) -> Result<Vec<BlockHash>, StoreError> {
+        let start = after.map_or(Bound::Unbounded, |after| Bound::Excluded(after.0.to_vec()));
+        let mut out = Vec::new();
+        for guard in self.small_blocks.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
+            let key = guard.key()?;
+            let hash: [u8; 32] = key
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Decode { what: "block", detail: "key is not 32 bytes".into() })?;
+            out.push(BlockHash(hash));
+        }
+        // Large blocks are files under blocks/<first two hex digits>/<hex>: walk the fan-out
+        // directories from `after`'s onwards, in order, until `limit` names are found.
+        let after_hex = after.map(BlockHash::to_hex);
+        let mut from_files = Vec::new();
+        let mut fanout: Vec<String> = match std::fs::read_dir(&self.block_dir) {
+            Ok(dirs) => dirs.filter_map(|d| d.ok()?.file_name().into_string().ok()).collect(),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => return Err(err.into()),
+        };
+        fanout.sort();
+        for dir in fanout {
+            if after_hex.as_ref().is_some_and(|after| dir.as_str() < &after[..2]) {
+                continue;
+            }
+            let mut names: Vec<String> = std::fs::read_dir(self.block_dir.join(&dir))?
+                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                .filter(|name| name.len() == 64 && after_hex.as_ref().is_none_or(|after| name > after))
+                .collect();
+            names.sort();
+            from_files.extend(names.into_iter().filter_map(|name| name.parse::<BlockHash>().ok()));
+            if from_files.len() >= limit {
+                break;
+            }
+        }
+        out.extend(from_files);
+        out.sort();
+        out.dedup();
+        out.truncate(limit);
+        Ok(out)
+    }
+
     fn put_block(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError> {
         if !hash.matches(bytes) {
             return Err(StoreError::HashMismatch(*hash));

@@ -130,6 +130,38 @@ impl MemStore {
 }
 
 impl Store for MemStore {
+    fn scan_files(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, FileRecord)>, StoreError> {
+        use std::ops::Bound;
+        let state = self.lock();
+        let start = after.map_or(Bound::Unbounded, |after| Bound::Excluded(after.to_string()));
+        let files = state.visible.files.range((start, Bound::Unbounded));
+        Ok(files.take(limit).map(|(path, record)| (path.clone(), record.clone())).collect())
+    }
+
+    fn scan_dir_entries(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, DirEntry)>, StoreError> {
+        let state = self.lock();
+        let entries = state
+            .visible
+            .dirs
+            .iter()
+            .flat_map(|(dir, entries)| entries.iter().map(move |(name, entry)| (dir, name, entry)))
+            .filter(|(dir, name, _)| {
+                after.is_none_or(|(a_dir, a_name)| (dir.as_str(), name.as_str()) > (a_dir, a_name))
+            });
+        Ok(entries.take(limit).map(|(dir, name, entry)| (dir.clone(), name.clone(), *entry)).collect())
+    }
+
+    fn scan_blocks(&self, after: Option<&BlockHash>, limit: usize) -> Result<Vec<BlockHash>, StoreError> {
+        use std::ops::Bound;
+        let state = self.lock();
+        let start = after.map_or(Bound::Unbounded, |after| Bound::Excluded(*after));
+        Ok(state.visible.blocks.range((start, Bound::Unbounded)).take(limit).map(|(hash, _)| *hash).collect())
+    }
+
     fn put_block(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError> {
         if !hash.matches(bytes) {
             return Err(StoreError::HashMismatch(*hash));

@@ -75,4 +75,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Space used and left.
     fn usage(&self) -> Result<Usage, StoreError>;
+
+    /// Up to `limit` file records after path `after` (exclusive), in path order: for
+    /// hand-off and repair, which walk everything a node holds in bounded batches.
+    fn scan_files(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, FileRecord)>, StoreError>;
+
+    /// Up to `limit` directory entries after `(dir, name)` (exclusive), in that order.
+    fn scan_dir_entries(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, DirEntry)>, StoreError>;
+
+    /// Up to `limit` names of stored blocks after `after` (exclusive), in order.
+    fn scan_blocks(&self, after: Option<&BlockHash>, limit: usize) -> Result<Vec<BlockHash>, StoreError>;
 }

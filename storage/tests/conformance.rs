@@ -36,6 +36,61 @@ fn test_suite<S: Store>(store: &S, corrupt: impl Fn(&S, &BlockHash)) {
     directory_records_merge_child_by_child(store);
     one_call_merges_many_records_and_repeated_keys(store);
     concurrent_syncs_all_return(store);
+    scans_walk_everything_in_bounded_batches(store);
+}
+
+/// Walks a scan to its end in batches of `limit`.
+fn walk<T: Clone, K>(limit: usize, mut next: impl FnMut(Option<&K>, usize) -> Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
+    let mut all: Vec<T> = Vec::new();
+    loop {
+        let cursor = all.last().map(&key);
+        let batch = next(cursor.as_ref(), limit);
+        assert!(batch.len() <= limit);
+        let done = batch.len() < limit;
+        all.extend(batch);
+        if done {
+            return all;
+        }
+    }
+}
+
+fn scans_walk_everything_in_bounded_batches<S: Store>(store: &S) {
+    let mut blocks: Vec<BlockHash> = Vec::new();
+    for size in [10usize, 100_000, 20, 70_000, 30] {
+        let bytes = vec![(size % 251) as u8 + 1; size];
+        let hash = BlockHash::of(&bytes);
+        store.put_block(&hash, &bytes).expect("put");
+        blocks.push(hash);
+    }
+    let scanned = walk(2, |after: Option<&BlockHash>, limit| store.scan_blocks(after, limit).expect("scan"), |h| *h);
+    let mut sorted = scanned.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(scanned, sorted, "in order, each once");
+    for hash in &blocks {
+        assert!(scanned.contains(hash), "small and large blocks are all scanned");
+    }
+    let updates: Vec<RecordUpdate> =
+        (0..7).map(|i| RecordUpdate::File(format!("/scan/{i}"), live(i + 1, b"x"))).collect();
+    store.merge_records(&updates).expect("merge");
+    store.merge_records(&[RecordUpdate::Dir("/scan".into(), dir_with("a", 1, false))]).expect("merge");
+    store.merge_records(&[RecordUpdate::Dir("/scan".into(), dir_with("b", 1, true))]).expect("merge");
+    let files = walk(
+        3,
+        |after: Option<&String>, limit| store.scan_files(after.map(|a| a.as_str()), limit).expect("scan"),
+        |(p, _)| p.clone(),
+    );
+    let scanned: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).filter(|p| p.starts_with("/scan/")).collect();
+    assert_eq!(scanned, (0..7).map(|i| format!("/scan/{i}")).collect::<Vec<_>>());
+    let entries = walk(
+        1,
+        |after: Option<&(String, String)>, limit| {
+            store.scan_dir_entries(after.map(|(d, n)| (d.as_str(), n.as_str())), limit).expect("scan")
+        },
+        |(d, n, _)| (d.clone(), n.clone()),
+    );
+    let names: Vec<&str> = entries.iter().filter(|(d, _, _)| d == "/scan").map(|(_, n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a", "b"], "tombstones included");
 }
 
 fn blocks_round_trip_small_and_large<S: Store>(store: &S) {

@@ -17,7 +17,13 @@ use super::metrics::Metrics;
 use super::rpc::RpcClient;
 use super::{now_ms, now_us};
 use crate::core::files::FileError;
-use crate::core::replication::{Op, Placement, PlacementTracker, Quorum, Reply, Request, RpcError, replica};
+use crate::core::replication::{Handoff, Op, Placement, PlacementTracker, Quorum, Reply, Request, RpcError, replica};
+use shoal_storage::{DirRecord, RecordUpdate, Store};
+
+/// Records read per hand-off batch.
+const HANDOFF_RECORDS_PER_BATCH: usize = 256;
+/// Blocks (held in memory) per hand-off batch.
+const HANDOFF_BLOCKS_PER_BATCH: usize = 8;
 
 /// How often the placement follows the membership view.
 const PLACEMENT_REFRESH: Duration = Duration::from_millis(200);
@@ -78,6 +84,7 @@ impl Cluster {
     pub async fn follow(self, gossip: Gossip, quorum: Quorum, evict_after_ms: u64, transition_ms: u64) {
         let mut tracker = PlacementTracker::new(self.this, quorum, transition_ms);
         let mut tick = tokio::time::interval(PLACEMENT_REFRESH);
+        let mut handoff: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             tick.tick().await;
             let Some((views, _)) = gossip.members().await else { return };
@@ -97,10 +104,107 @@ impl Cluster {
                     transition = placement.in_transition(),
                     "placement changed"
                 );
-                view.placement = placement;
+                view.placement = placement.clone();
+                if placement.in_transition() {
+                    // A newer ring supersedes the hand-off to the previous one.
+                    if let Some(running) = handoff.take() {
+                        running.abort();
+                    }
+                    handoff = Some(tokio::spawn(self.clone().hand_off(placement)));
+                }
             }
             view.rpc_addrs = Arc::new(rpc_addrs);
             view.ready |= joined;
+        }
+    }
+
+    /// Gives everything this node holds whose owners changed to its new owners, in bounded
+    /// batches. Failures are logged; read repair and the next ring change retry.
+    async fn hand_off(self, placement: Arc<Placement>) {
+        let started = now_ms();
+        let (mut pushed, mut failed) = (0u64, 0u64);
+        let result: Result<(), shoal_storage::StoreError> = async {
+            let mut after: Option<String> = None;
+            loop {
+                let (store, cursor) = (self.store.clone(), after.clone());
+                let batch =
+                    blocking_store(move || store.scan_files(cursor.as_deref(), HANDOFF_RECORDS_PER_BATCH)).await?;
+                let full = batch.len() == HANDOFF_RECORDS_PER_BATCH;
+                after = batch.last().map(|(path, _)| path.clone());
+                let updates: Vec<RecordUpdate> = batch
+                    .into_iter()
+                    .filter(|(path, _)| !placement.new_owners(path.as_bytes()).is_empty())
+                    .map(|(path, record)| RecordUpdate::File(path, record))
+                    .collect();
+                let report = self.run(Handoff::new(&placement, updates, Vec::new())).await;
+                (pushed, failed) = (pushed + report.pushed, failed + report.failed);
+                if !full {
+                    break;
+                }
+            }
+            let mut after: Option<(String, String)> = None;
+            loop {
+                let (store, cursor) = (self.store.clone(), after.clone());
+                let batch = blocking_store(move || {
+                    let cursor = cursor.as_ref().map(|(dir, name)| (dir.as_str(), name.as_str()));
+                    store.scan_dir_entries(cursor, HANDOFF_RECORDS_PER_BATCH)
+                })
+                .await?;
+                let full = batch.len() == HANDOFF_RECORDS_PER_BATCH;
+                after = batch.last().map(|(dir, name, _)| (dir.clone(), name.clone()));
+                let updates: Vec<RecordUpdate> = batch
+                    .into_iter()
+                    .filter(|(dir, _, _)| !placement.new_owners(dir.as_bytes()).is_empty())
+                    .map(|(dir, name, entry)| RecordUpdate::Dir(dir, DirRecord { children: [(name, entry)].into() }))
+                    .collect();
+                let report = self.run(Handoff::new(&placement, updates, Vec::new())).await;
+                (pushed, failed) = (pushed + report.pushed, failed + report.failed);
+                if !full {
+                    break;
+                }
+            }
+            let mut after = None;
+            loop {
+                let store = self.store.clone();
+                let placement_for_scan = placement.clone();
+                let (batch, next) = blocking_store(move || {
+                    let mut blocks = Vec::new();
+                    let mut cursor = after;
+                    loop {
+                        let hashes = store.scan_blocks(cursor.as_ref(), HANDOFF_RECORDS_PER_BATCH)?;
+                        let end = hashes.len() < HANDOFF_RECORDS_PER_BATCH;
+                        for hash in hashes {
+                            cursor = Some(hash);
+                            if placement_for_scan.new_owners(&hash.0).is_empty() {
+                                continue;
+                            }
+                            // A corrupt or vanished copy is not handed off; another owner has one.
+                            if let Ok(Some(bytes)) = store.get_block(&hash) {
+                                blocks.push((hash, bytes));
+                            }
+                            if blocks.len() == HANDOFF_BLOCKS_PER_BATCH {
+                                return Ok((blocks, cursor));
+                            }
+                        }
+                        if end {
+                            return Ok((blocks, None));
+                        }
+                    }
+                })
+                .await?;
+                let report = self.run(Handoff::new(&placement, Vec::new(), batch)).await;
+                (pushed, failed) = (pushed + report.pushed, failed + report.failed);
+                match next {
+                    Some(cursor) => after = Some(cursor),
+                    None => break,
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => tracing::info!(pushed, failed, took_ms = now_ms() - started, "hand-off after a ring change done"),
+            Err(err) => tracing::warn!(%err, pushed, failed, "hand-off stopped by a store error"),
         }
     }
 
@@ -164,5 +268,15 @@ impl Cluster {
             op.handle_reply(now_us(), token, reply);
         }
         self.metrics.read_repairs.inc_by(op.repairs_sent());
+    }
+}
+
+/// Runs a store call on the blocking pool.
+async fn blocking_store<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, shoal_storage::StoreError> + Send + 'static,
+) -> Result<T, shoal_storage::StoreError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
     }
 }

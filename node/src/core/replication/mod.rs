@@ -3,6 +3,7 @@
 //! requests and take replies; the tokio driver and the simulator carry them.
 
 pub mod coordinator;
+pub mod handoff;
 pub mod local;
 pub mod messages;
 pub mod placement;
@@ -10,6 +11,7 @@ pub mod quorum;
 pub mod replica;
 
 pub use coordinator::{Coordinator, FileOp, FileOutcome};
+pub use handoff::{Handoff, HandoffReport};
 pub use local::LocalCluster;
 pub use messages::{BlockRpc, RecordKey, RecordRpc, RecordValue, Refusal, Reply, Request, RpcError};
 pub use placement::{Placement, PlacementTracker, Quorum};

@@ -92,6 +92,19 @@ impl Placement {
         sets
     }
 
+    /// The owners of `key` in the current ring that did not own it in the previous one
+    /// (other than this node): whom a hand-off must give the key to. Empty outside a
+    /// transition.
+    pub fn new_owners(&self, key: &[u8]) -> Vec<NodeId> {
+        let Some(previous) = &self.previous else { return Vec::new() };
+        let old: Vec<u128> = previous.owners(key).map(|m| m.node_id).collect();
+        self.current
+            .owners(key)
+            .filter(|m| !old.contains(&m.node_id) && m.node_id != self.this.0)
+            .map(|m| NodeId(m.node_id))
+            .collect()
+    }
+
     /// How many answers a set of `size` owners must give for a write (`w`) or read (`r`)
     /// quorum: the configured size, or every owner when the ring has fewer members than N.
     pub fn need(size: usize, quorum_size: usize) -> usize {

@@ -372,3 +372,54 @@ fn a_store_error_on_a_replica_is_a_refusal_not_a_panic() {
     assert_eq!(reply, Reply::Refused(Refusal::HashMismatch));
     let _ = StoreError::Poisoned;
 }
+
+#[test]
+fn after_a_join_the_hand_off_lets_the_new_ring_alone_serve_every_file() {
+    // Four stores; the first three form the old ring, the fourth joins.
+    let mut h = Harness::new(4, Quorum::DEFAULT, 1 << 20);
+    let member = |n: &NodeId| RingMember { node_id: n.0, zone: String::new(), capacity_bytes: 1 };
+    let old_ring = Ring::new(h.nodes[..3].iter().map(member).collect(), 3);
+    let new_ring = Ring::new(h.nodes.iter().map(member).collect(), 3);
+    h.placements =
+        h.nodes.iter().map(|n| Arc::new(Placement::new(*n, Quorum::DEFAULT, old_ring.clone(), None))).collect();
+    let paths: Vec<String> = (0..40).map(|i| format!("/d{}/f{i}", i % 4)).collect();
+    for (i, path) in paths.iter().enumerate() {
+        h.put(i % 3, path, format!("content {i}").as_bytes(), 10 + i as u64).expect("put");
+    }
+    // The transition: every node hands off what it holds.
+    for node in &h.nodes {
+        let placement = Placement::new(*node, Quorum::DEFAULT, new_ring.clone(), Some(old_ring.clone()));
+        let store = h.cluster.store(*node).clone();
+        let files = store.scan_files(None, usize::MAX).expect("scan");
+        let entries = store.scan_dir_entries(None, usize::MAX).expect("scan");
+        let mut records: Vec<shoal_storage::RecordUpdate> =
+            files.into_iter().map(|(p, r)| shoal_storage::RecordUpdate::File(p, r)).collect();
+        records.extend(entries.into_iter().map(|(d, n, e)| {
+            shoal_storage::RecordUpdate::Dir(d, shoal_storage::DirRecord { children: [(n, e)].into() })
+        }));
+        let blocks = store
+            .scan_blocks(None, usize::MAX)
+            .expect("scan")
+            .into_iter()
+            .filter_map(|hash| Some((hash, store.get_block(&hash).ok()??)))
+            .collect();
+        let report = h.cluster.run(0, Handoff::new(&placement, records, blocks));
+        assert_eq!(report.failed, 0);
+    }
+    // The transition is over: only the new ring is asked, and it has everything.
+    h.placements =
+        h.nodes.iter().map(|n| Arc::new(Placement::new(*n, Quorum::DEFAULT, new_ring.clone(), None))).collect();
+    let joined = h.cluster.store(h.nodes[3]);
+    assert!(joined.scan_files(None, usize::MAX).expect("scan").len() > 5, "the newcomer took over some files");
+    for (i, path) in paths.iter().enumerate() {
+        // Only the new owners: take the old ones away.
+        for old in &h.nodes[..3] {
+            let owns = new_ring.owners(path.as_bytes()).any(|m| m.node_id == old.0);
+            h.cluster.set_down(*old, !owns);
+        }
+        assert_eq!(h.read(3, path, None).expect("read"), format!("content {i}").as_bytes(), "{path}");
+        for old in &h.nodes[..3] {
+            h.cluster.set_down(*old, false);
+        }
+    }
+}
