@@ -225,7 +225,9 @@ async fn status_and_metrics_describe_the_node() {
     assert_eq!((me.node_id.as_str(), me.state.as_str()), (status.node_id.as_str(), "alive"));
     assert_eq!(me.http_addr, node.http_addr.to_string());
     assert_eq!(me.cluster_addr, node.cluster_addr.to_string());
-    assert_eq!((status.replication.n, status.replication.w, status.replication.r), (1, 1, 1));
+    // The configured quorum (defaults); a node alone keeps its one copy.
+    assert_eq!((status.replication.n, status.replication.w, status.replication.r), (3, 2, 2));
+    assert!((me.ring_share_percent - 100.0).abs() < 1e-6, "alone, it owns the whole ring: {me:?}");
     let metrics = reqwest::get(format!("{}/metrics", node.url())).await.expect("metrics").text().await.expect("text");
     // The harness polls /v1/status until the node answers, so the count is at least ours.
     assert!(

@@ -62,6 +62,9 @@ pub enum FileError {
     /// might have is [`FileError::InDoubt`]).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The owners refused the write for lack of room; nothing was written.
+    #[error("no room: {0}")]
+    NoRoom(String),
     /// A write was not acknowledged by a write quorum but may have reached some owners (a
     /// timeout, a lost connection, fewer acknowledgements than needed): it may or may not
     /// become visible. Retrying it is safe.

@@ -23,7 +23,7 @@ use super::{blocking, now_ms};
 use crate::api::{self, DeleteResult, DirListing, DirListingEntry, ErrorBody, FileInfo, MkdirResult};
 use crate::config::Config;
 use crate::core::files::{FileError, FileStat, Listed, ReadPlan};
-use crate::core::replication::{Coordinator, FileOp, FileOutcome, Placement, Quorum};
+use crate::core::replication::{Coordinator, FileOp, FileOutcome, Placement, Quorum, coordinator};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -121,7 +121,7 @@ impl From<FileError> for ApiError {
             FileError::NotFound(_) => StatusCode::NOT_FOUND,
             FileError::Conflict { .. } | FileError::NotEmpty(_) => StatusCode::CONFLICT,
             FileError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-            FileError::Store(StoreError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
+            FileError::Store(StoreError::Full { .. }) | FileError::NoRoom(_) => StatusCode::INSUFFICIENT_STORAGE,
             FileError::Store(StoreError::Poisoned) => StatusCode::SERVICE_UNAVAILABLE,
             FileError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             FileError::InDoubt(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -272,8 +272,7 @@ async fn store_block(
     let (hash, write) = blocking(move || Ok(coordinator.put_block(&placement, block))).await?;
     match state.cluster.run(write).await {
         Ok(()) => Ok((index, hash)),
-        Err(failure) if failure.in_doubt => Err(FileError::InDoubt(failure.detail)),
-        Err(failure) => Err(FileError::Unavailable(failure.detail)),
+        Err(failure) => Err(coordinator::write_failed(failure)),
     }
 }
 

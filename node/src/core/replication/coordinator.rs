@@ -422,8 +422,15 @@ fn read_failed(failure: QuorumFailure) -> FileError {
     FileError::Unavailable(failure.detail)
 }
 
-fn write_failed(failure: QuorumFailure) -> FileError {
-    if failure.in_doubt { FileError::InDoubt(failure.detail) } else { FileError::Unavailable(failure.detail) }
+/// The error a failed write quorum is for the client.
+pub fn write_failed(failure: QuorumFailure) -> FileError {
+    if failure.in_doubt {
+        FileError::InDoubt(failure.detail)
+    } else if failure.full {
+        FileError::NoRoom(failure.detail)
+    } else {
+        FileError::Unavailable(failure.detail)
+    }
 }
 
 fn live_entry(value: &RecordValue) -> Option<DirEntry> {

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use bytes::Bytes;
 use shoal_storage::{BlockHash, NodeId, RecordUpdate};
 
-use super::messages::{BlockRpc, RecordKey, RecordRpc, RecordValue, Reply, Request, RpcError};
+use super::messages::{BlockRpc, RecordKey, RecordRpc, RecordValue, Refusal, Reply, Request, RpcError};
 use super::placement::Placement;
 
 /// A request an operation wants sent. The driver answers every token exactly once, with the
@@ -52,6 +52,8 @@ pub struct QuorumFailure {
     pub in_doubt: bool,
     /// What the owners said, for the error message.
     pub detail: String,
+    /// Every owner that answered refused for lack of room (and none may have applied it).
+    pub full: bool,
 }
 
 /// Sends requests and tracks which are still unanswered.
@@ -175,6 +177,7 @@ impl ReadKeys {
             let detail = key.failures.iter().map(|(node, why)| format!("{node}: {why}")).collect::<Vec<_>>();
             self.decided = true;
             self.outcome = Some(Err(QuorumFailure {
+                full: false,
                 in_doubt: key.timed_out,
                 detail: format!(
                     "read quorum not reached for {:?} ({} of {} owners answered; {})",
@@ -262,6 +265,7 @@ pub struct WriteQuorum {
     tokens: HashMap<u64, NodeId>,
     acks: HashSet<NodeId>,
     failures: Vec<(NodeId, String)>,
+    refused_full: usize,
     maybe_applied: bool,
     decided: bool,
     outcome: Option<Result<(), QuorumFailure>>,
@@ -276,6 +280,7 @@ impl WriteQuorum {
             tokens: HashMap::new(),
             acks: HashSet::new(),
             failures: Vec::new(),
+            refused_full: 0,
             maybe_applied: false,
             decided: false,
             outcome: None,
@@ -344,6 +349,7 @@ impl WriteQuorum {
         // Nothing landed only if no owner acknowledged and no request may have been applied.
         let in_doubt = self.maybe_applied || !self.acks.is_empty();
         self.outcome = Some(Err(QuorumFailure {
+            full: !in_doubt && self.refused_full > 0 && self.refused_full == self.failures.len(),
             in_doubt,
             detail: format!("write quorum not reached ({} owners made it durable; {detail})", self.acks.len()),
         }));
@@ -364,7 +370,10 @@ impl Op for WriteQuorum {
             Ok(Reply::Durable) => {
                 self.acks.insert(node);
             }
-            Ok(Reply::Refused(why)) => self.failures.push((node, why.to_string())),
+            Ok(Reply::Refused(why)) => {
+                self.refused_full += usize::from(why == Refusal::Full);
+                self.failures.push((node, why.to_string()));
+            }
             Ok(other) => self.failures.push((node, format!("unexpected answer {other:?}"))),
             Err(err) => {
                 self.maybe_applied |= err.maybe_applied();
@@ -433,6 +442,7 @@ impl FetchBlock {
             None => {
                 self.decided = true;
                 self.outcome = Some(Err(QuorumFailure {
+                    full: false,
                     in_doubt: false,
                     detail: format!("block {} is on no reachable owner ({})", self.hash, self.failures.join(", ")),
                 }));

@@ -58,7 +58,7 @@ impl Harness {
         blocks.extend(upload.finish());
         for (index, block) in blocks {
             let (hash, write) = coordinator.put_block(&self.placements[via], block);
-            self.cluster.run(0, write).map_err(|failure| FileError::Unavailable(failure.detail))?;
+            self.cluster.run(0, write).map_err(coordinator::write_failed)?;
             upload.block_stored(index, hash);
         }
         Ok(upload)
@@ -248,7 +248,7 @@ fn a_corrupt_block_is_reported_never_served() {
 fn a_full_store_refuses_uploads_but_still_reads_and_deletes() {
     let h = Harness::new(1, Quorum::SINGLE, 8);
     h.put(0, "/fits", b"12345678", 1).expect("put");
-    assert!(matches!(h.put(0, "/more", b"x", 2), Err(FileError::Unavailable(why)) if why.contains("full")));
+    assert!(matches!(h.put(0, "/more", b"x", 2), Err(FileError::NoRoom(why)) if why.contains("full")));
     assert_eq!(h.read(0, "/fits", None).expect("read"), b"12345678");
     h.delete(0, "/fits", 3).expect("delete");
 }

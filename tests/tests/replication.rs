@@ -1,0 +1,93 @@
+//! Three real `shoal serve` processes replicating with N = 3, W = 2, R = 2: a file written
+//! through one node reads back through another, a `kill -9` blocks nothing, and read repair
+//! brings the restarted node up to date.
+// Harness code: waiting on real processes reads the wall clock.
+#![allow(clippy::disallowed_methods)]
+
+use std::time::{Duration, Instant};
+
+use shoal_tests::{NodeOptions, ShoalProcess, pseudo_random_bytes};
+
+fn args(seed: Option<&ShoalProcess>) -> Vec<String> {
+    let mut args = vec!["--gossip-preset".to_string(), "local".to_string()];
+    if let Some(seed) = seed {
+        args.extend(["--seed".to_string(), seed.cluster_addr.to_string()]);
+    }
+    args
+}
+
+fn start(seed: Option<&ShoalProcess>) -> ShoalProcess {
+    ShoalProcess::start(NodeOptions { args: args(seed), ..NodeOptions::default() }).expect("start shoal serve")
+}
+
+/// Waits until every node has every other alive in its ring.
+async fn wait_for_ring(nodes: &[&ShoalProcess], size: usize) {
+    let start = Instant::now();
+    loop {
+        let mut ready = true;
+        for node in nodes {
+            let status = node.client().status().await.expect("status");
+            let in_ring = status.members.iter().filter(|m| m.state == "alive" && m.ring_share_percent > 0.0).count();
+            ready &= in_ring == size;
+        }
+        if ready {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the ring did not form within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn metric(node: &ShoalProcess, name: &str) -> u64 {
+    let url = format!("{}/metrics", node.url());
+    let text = reqwest::get(&url).await.expect("metrics").text().await.expect("metrics body");
+    text.lines()
+        .find(|line| line.starts_with(name) && !line.starts_with('#'))
+        .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_replicate_survive_a_kill_and_repair_the_restarted_node() {
+    let a = start(None);
+    let mut b = start(Some(&a));
+    let c = start(Some(&a));
+    wait_for_ring(&[&a, &b, &c], 3).await;
+    let status = c.client().status().await.expect("status");
+    assert_eq!((status.replication.n, status.replication.w, status.replication.r), (3, 2, 2));
+
+    // 50 MiB through A, back through C, byte for byte.
+    let big = pseudo_random_bytes(50, 50 << 20);
+    let stored = a.client().put_bytes("/big/file.bin", big.clone()).await.expect("put through A");
+    assert_eq!(stored.size, big.len() as u64);
+    let read = c.client().get_bytes("/big/file.bin").await.expect("get through C");
+    assert!(read == big, "50 MiB read back through C differ");
+
+    // kill -9 B: W = 2 and R = 2 still hold with A and C.
+    b.kill9();
+    let small = pseudo_random_bytes(7, 3 << 20);
+    a.client().put_bytes("/after/kill.bin", small.clone()).await.expect("a write with one owner dead");
+    assert_eq!(c.client().get_bytes("/after/kill.bin").await.expect("a read with one owner dead"), small);
+    assert!(c.client().get_range("/big/file.bin", 1 << 20, (2 << 20) - 1).await.expect("range") == big[1 << 20..2 << 20]);
+    a.client().delete_file("/big/file.bin").await.expect("a delete with one owner dead");
+
+    // B comes back; it missed the write and the delete. Reads repair it.
+    b.restart().expect("restart B");
+    wait_for_ring(&[&a, &b, &c], 3).await;
+    let repairs_before = metric(&b, "shoal_read_repairs_total").await;
+    assert_eq!(b.client().get_bytes("/after/kill.bin").await.expect("read through B"), small);
+    assert!(b.client().stat("/big/file.bin").await.is_err(), "the delete is seen through B");
+    let start = Instant::now();
+    while metric(&b, "shoal_read_repairs_total").await < repairs_before + 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "read repair did not happen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Proof that B now holds the record, its blocks and the tombstone itself: restarted with
+    // no seed after A and C are gone, B forms a ring of one and serves only its own copies.
+    drop(a);
+    drop(c);
+    b.restart_with_args(args(None)).expect("restart B alone");
+    assert_eq!(b.client().get_bytes("/after/kill.bin").await.expect("B alone has the repaired copy"), small);
+    assert!(b.client().stat("/big/file.bin").await.is_err(), "B alone has the tombstone");
+}
