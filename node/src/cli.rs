@@ -33,6 +33,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a node.
     Serve(Box<ServeArgs>),
+    /// Run a local cluster of several nodes in this one process (Ctrl-C stops it).
+    Dev(DevArgs),
     /// Upload a local file (or `-` for standard input) to REMOTE.
     Put {
         /// Local file, or `-` to read standard input.
@@ -154,6 +156,28 @@ pub struct ServeArgs {
     pub rpc_in_flight_per_peer_max: Option<usize>,
 }
 
+/// `shoal dev`: node i serves HTTP on 127.0.0.1:(BASE + 2i) and cluster traffic on the next
+/// port; nodes 1.. join through node 0; gossip preset local; N, W and R as in `shoal serve`.
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Nodes to run, 1 to 16.
+    #[arg(
+        long,
+        default_value_t = 3,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::dev::NODES_MAX as u64)
+    )]
+    pub nodes: usize,
+    /// First port: node i uses BASE + 2i (HTTP) and BASE + 2i + 1 (cluster).
+    #[arg(long, value_name = "BASE", default_value_t = 7700)]
+    pub port_base: u16,
+    /// Keep the data in DIR/node-<i> [default: a temporary directory, removed on exit].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Block size in bytes [default: 1048576].
+    #[arg(long)]
+    pub block_size_bytes: Option<u32>,
+}
+
 fn parse_preset(value: &str) -> Result<shoal_membership::Preset, String> {
     match value {
         "lan" => Ok(shoal_membership::Preset::Lan),
@@ -210,6 +234,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = || Client::new(&cli.node).with_context(|| format!("bad node URL {}", cli.node));
     match &cli.command {
         Command::Serve(args) => Node::start(args.config()?).await?.run_until_signal().await,
+        Command::Dev(args) => crate::dev::run(args).await,
         Command::Put { local, remote } => put(&client()?, local, remote, cli.json).await,
         Command::Get { remote, local } => get(&client()?, remote, local.as_deref()).await,
         Command::Stat { remote } => {
@@ -375,8 +400,8 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
     let r = status.replication;
     let me = status.node_id.get(..8).unwrap_or(&status.node_id);
     println!("cluster as seen by {me} (shoal {}), N={} W={} R={}", status.shoal_version, r.n, r.w, r.r);
-    let header = ["NODE", "ADDRESS", "HTTP", "ZONE", "STATE", "GEN", "CAPACITY", "USED", "SINCE"];
-    let rows: Vec<[String; 9]> = status
+    let header = ["NODE", "ADDRESS", "HTTP", "ZONE", "STATE", "RING", "GEN", "CAPACITY", "USED", "SINCE"];
+    let rows: Vec<[String; 10]> = status
         .members
         .iter()
         .map(|m| {
@@ -386,6 +411,7 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
                 m.http_addr.clone(),
                 m.zone.clone(),
                 m.state.clone(),
+                format!("{:.1}%", m.ring_share_percent),
                 m.generation.to_string(),
                 human_bytes(m.capacity_bytes),
                 human_bytes(m.disk_used_bytes),

@@ -7,4 +7,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod dev;
 pub mod driver;
+pub mod wire;

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use shoal_tests::{NodeOptions, ShoalProcess, pseudo_random_bytes};
 
 fn args(seed: Option<&ShoalProcess>) -> Vec<String> {
-    let mut args = vec!["--gossip-preset".to_string(), "local".to_string()];
+    // A short transition: while the ring is still forming, writes need a quorum of the
+    // previous (smaller) ring too, and this test kills a node right after.
+    let mut args =
+        vec!["--gossip-preset", "local", "--transition-secs", "1"].into_iter().map(String::from).collect::<Vec<_>>();
     if let Some(seed) = seed {
         args.extend(["--seed".to_string(), seed.cluster_addr.to_string()]);
     }
@@ -31,6 +34,8 @@ async fn wait_for_ring(nodes: &[&ShoalProcess], size: usize) {
             ready &= in_ring == size;
         }
         if ready {
+            // Let the placement drop the previous ring (1 s transition, refreshed every 200 ms).
+            tokio::time::sleep(Duration::from_millis(1500)).await;
             return;
         }
         assert!(start.elapsed() < Duration::from_secs(30), "the ring did not form within 30 s");
@@ -68,7 +73,9 @@ async fn three_processes_replicate_survive_a_kill_and_repair_the_restarted_node(
     let small = pseudo_random_bytes(7, 3 << 20);
     a.client().put_bytes("/after/kill.bin", small.clone()).await.expect("a write with one owner dead");
     assert_eq!(c.client().get_bytes("/after/kill.bin").await.expect("a read with one owner dead"), small);
-    assert!(c.client().get_range("/big/file.bin", 1 << 20, (2 << 20) - 1).await.expect("range") == big[1 << 20..2 << 20]);
+    assert!(
+        c.client().get_range("/big/file.bin", 1 << 20, (2 << 20) - 1).await.expect("range") == big[1 << 20..2 << 20]
+    );
     a.client().delete_file("/big/file.bin").await.expect("a delete with one owner dead");
 
     // B comes back; it missed the write and the delete. Reads repair it.

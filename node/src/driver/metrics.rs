@@ -44,6 +44,10 @@ pub struct Metrics {
     pub writes_in_doubt: Counter,
     /// RPC connections closed because of what the peer sent, by reason.
     pub rpc_rejected: Family<DropLabels, Counter>,
+    /// RPC connections accepted from peers.
+    pub rpc_connections_accepted: Counter,
+    /// RPC connections closed on accept because the server was at its connection limit.
+    pub rpc_connections_refused: Counter,
     /// Members by state in this node's view, updated on every scrape.
     pub members: Family<StateLabels, Gauge>,
     last_gossip: std::sync::Mutex<shoal_membership::Stats>,
@@ -104,12 +108,22 @@ impl Metrics {
         registry.register("writes_in_doubt", "Writes answered as in doubt", writes_in_doubt.clone());
         let rpc_rejected = Family::<DropLabels, Counter>::default();
         registry.register("rpc_rejected", "RPC connections closed for what the peer sent", rpc_rejected.clone());
+        let rpc_connections_accepted = Counter::default();
+        registry.register("rpc_connections_accepted", "RPC connections accepted", rpc_connections_accepted.clone());
+        let rpc_connections_refused = Counter::default();
+        registry.register(
+            "rpc_connections_refused",
+            "RPC connections closed on accept at the connection limit",
+            rpc_connections_refused.clone(),
+        );
         let members = Family::<StateLabels, Gauge>::default();
         registry.register("members", "Members by state in this node's view", members.clone());
         Self {
             read_repairs,
             writes_in_doubt,
             rpc_rejected,
+            rpc_connections_accepted,
+            rpc_connections_refused,
             gossip_traffic,
             gossip_dropped,
             members,

@@ -130,6 +130,9 @@ impl Node {
         let limits = rpc::RpcLimits {
             request_timeout: Duration::from_millis(config.rpc_timeout_ms),
             in_flight_per_peer_max: config.rpc_in_flight_per_peer_max,
+            connect_timeout: Duration::from_millis(config.rpc_timeout_ms).min(rpc::CONNECT_TIMEOUT_MAX),
+            idle_timeout: rpc::IDLE_TIMEOUT,
+            connections_max: rpc::CONNECTIONS_MAX,
         };
         let rpc_client = rpc::RpcClient::new(limits, metrics.clone());
         let quorum = config.quorum();
