@@ -23,10 +23,10 @@ use crate::driver::Node;
 pub const NODES_MAX: usize = 16;
 
 /// How long the nodes get to see each other before the addresses are printed anyway.
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(15);
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How often node 0's view is polled while waiting for the others.
-const CONVERGE_POLL: Duration = Duration::from_millis(100);
+/// How often the nodes' views are polled while waiting.
+const READY_POLL: Duration = Duration::from_millis(100);
 
 /// The address the CLI talks to when given no `--node`.
 const DEFAULT_CLIENT_HTTP_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 7700);
@@ -100,11 +100,11 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
         }
     }
 
-    let converged = tokio::select! {
-        alive = wait_until_members_alive(&nodes[0], nodes.len()) => alive,
+    let not_ready = tokio::select! {
+        not_ready = wait_until_ready(&nodes) => not_ready,
         () = signals.recv() => return shut_down(nodes, temp_dir, &mut signals).await,
     };
-    print_banner(&nodes, &configs, &data_root, temp_dir.is_some(), converged);
+    print_banner(&nodes, &configs, &data_root, temp_dir.is_some(), &not_ready);
 
     signals.recv().await;
     shut_down(nodes, temp_dir, &mut signals).await
@@ -177,27 +177,41 @@ fn is_addr_in_use(err: &anyhow::Error) -> bool {
     })
 }
 
-/// Polls node 0 until it sees `count` members alive, or [`CONVERGE_TIMEOUT`] passes. Returns
-/// how many it saw alive last.
-async fn wait_until_members_alive(node: &Node, count: usize) -> usize {
-    let Ok(client) = Client::new(&format!("http://{}", node.http_addr)) else { return 0 };
-    let mut alive = 0;
-    let waited = tokio::time::timeout(CONVERGE_TIMEOUT, async {
+/// Polls every node until each sees all of them alive and in its ring, so that each has
+/// joined and serves requests, or [`READY_TIMEOUT`] passes. Returns the nodes not ready then.
+async fn wait_until_ready(nodes: &[Node]) -> Vec<usize> {
+    let clients: Vec<Option<Client>> =
+        nodes.iter().map(|node| Client::new(&format!("http://{}", node.http_addr)).ok()).collect();
+    let mut waiting: Vec<usize> = (0..nodes.len()).collect();
+    let _ = tokio::time::timeout(READY_TIMEOUT, async {
         loop {
-            if let Ok(status) = client.status().await {
-                alive = status.members.iter().filter(|m| m.state == "alive" && !m.http_addr.is_empty()).count();
-                if alive >= count {
-                    return;
+            let mut still = Vec::new();
+            for &i in &waiting {
+                if !is_ready(clients[i].as_ref(), nodes.len()).await {
+                    still.push(i);
                 }
             }
-            tokio::time::sleep(CONVERGE_POLL).await;
+            waiting = still;
+            if waiting.is_empty() {
+                return;
+            }
+            tokio::time::sleep(READY_POLL).await;
         }
     })
     .await;
-    if waited.is_ok() { count } else { alive }
+    waiting
 }
 
-fn print_banner(nodes: &[Node], configs: &[Config], data_root: &Path, temporary: bool, alive: usize) {
+/// Whether the node sees `count` members alive, each with a share of its ring (its placement
+/// caught up with the membership, which is also when it starts serving).
+async fn is_ready(client: Option<&Client>, count: usize) -> bool {
+    let Some(client) = client else { return false };
+    let Ok(status) = client.status().await else { return false };
+    status.members.len() == count
+        && status.members.iter().all(|m| m.state == "alive" && !m.http_addr.is_empty() && m.ring_share_percent > 0.0)
+}
+
+fn print_banner(nodes: &[Node], configs: &[Config], data_root: &Path, temporary: bool, not_ready: &[usize]) {
     let Some(first) = configs.first() else { return };
     let copies = if nodes.len() < first.replicas { " (fewer nodes than N: one copy on each)" } else { "" };
     println!(
@@ -221,9 +235,11 @@ fn print_banner(nodes: &[Node], configs: &[Config], data_root: &Path, temporary:
     } else {
         println!("  kept after the cluster stops; a later run with the same --data-dir reuses it");
     }
-    if alive < nodes.len() {
+    if !not_ready.is_empty() {
+        let list: Vec<String> = not_ready.iter().map(usize::to_string).collect();
         println!(
-            "warning: node 0 sees {alive} of {} members alive after {CONVERGE_TIMEOUT:?}; `shoal status` shows why",
+            "warning: after {READY_TIMEOUT:?}, node(s) {} do not see all {} alive yet; `shoal status` shows why",
+            list.join(", "),
             nodes.len()
         );
     }
@@ -249,27 +265,32 @@ struct Signals {
 }
 
 impl Signals {
+    #[cfg(unix)]
     fn listen() -> anyhow::Result<Signals> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Signals {
-                interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
-                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
-            })
-        }
-        #[cfg(not(unix))]
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn listen() -> anyhow::Result<Signals> {
         Ok(Signals {})
     }
 
     /// The next signal.
+    #[cfg(unix)]
     async fn recv(&mut self) {
-        #[cfg(unix)]
         tokio::select! {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}
         }
-        #[cfg(not(unix))]
+    }
+
+    /// The next Ctrl-C.
+    #[cfg(not(unix))]
+    async fn recv(&mut self) {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

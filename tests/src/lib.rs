@@ -174,6 +174,13 @@ impl ShoalProcess {
         }
     }
 
+    /// Starts the node again on the same ports and data directory, with these extra flags
+    /// from now on.
+    pub fn restart_with_args(&mut self, args: Vec<String>) -> anyhow::Result<()> {
+        self.options.args = args;
+        self.restart()
+    }
+
     /// Starts the node again on the same ports and data directory.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9();
@@ -234,4 +241,26 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// A base port such that `count` consecutive loopback ports from it were free a moment ago,
+/// for both TCP and UDP (for `shoal dev --port-base`). Picked in 20000..32000, below Linux's
+/// ephemeral range where [`free_addr`] finds its ports, so tests running at once do not
+/// collide.
+pub fn free_port_range(count: u16) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    const ATTEMPTS: usize = 1000;
+    let free = |port: u16| {
+        TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).is_ok()
+            && UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, port)).is_ok()
+    };
+    for _ in 0..ATTEMPTS {
+        // Every RandomState has fresh keys: a random number without an RNG crate.
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let base = 20_000 + (random % 12_000) as u16;
+        if (base..base.saturating_add(count)).all(free) {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free loopback ports found in {ATTEMPTS} attempts");
 }
