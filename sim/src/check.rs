@@ -206,3 +206,44 @@ fn describe(member: Option<&MemberView>) -> String {
         ),
     }
 }
+
+/// Checkers of the data plane: the clients' history against the properties of ARCHITECTURE
+/// §5 and §6 (see [`History`](crate::History)).
+impl Sim {
+    /// Reads saw every write acknowledged before they started, returned only what PUTs
+    /// wrote, and every write that started after another was acknowledged got a greater
+    /// version.
+    pub fn check_history(&self) -> Result<(), CheckFailure> {
+        let history = self.history();
+        history.check_reads().map_err(|message| self.failure(message))?;
+        history.check_later_writes_win().map_err(|message| self.failure(message))
+    }
+
+    /// No write coordinated by one of `nodes` that started at or after `from` and was
+    /// answered by `until` was acknowledged.
+    pub fn check_none_acked(&self, nodes: &[usize], from: Duration, until: Duration) -> Result<(), CheckFailure> {
+        self.history().check_none_acked(nodes, from, until).map_err(|message| self.failure(message))
+    }
+
+    /// Runs until every client operation has its answer (or was abandoned), at most `max`.
+    pub fn wait_for_clients(&mut self, max: Duration) -> Result<Duration, CheckFailure> {
+        self.wait_for("every client operation to end", max, |sim| {
+            let in_flight = sim.clients_in_flight();
+            sim.check(in_flight == 0, || format!("{in_flight} client operations in flight"))
+        })
+    }
+
+    /// No acknowledged write lost: reads every path the clients touched through node
+    /// `reader`, each with a quorum read of its record and then its blocks, once every client
+    /// operation has ended; each must hold the newest acknowledged write to its path (or
+    /// something newer), with exactly the content its PUT wrote. Returns how many paths were
+    /// read.
+    pub fn check_no_acknowledged_write_lost(&mut self, reader: usize) -> Result<usize, CheckFailure> {
+        self.wait_for_clients(Duration::from_secs(60))?;
+        let paths: std::collections::BTreeSet<String> = self.history().ops.into_iter().map(|op| op.path).collect();
+        let reads: Vec<u64> = paths.iter().map(|path| self.start_read_record(reader, path)).collect();
+        self.wait_for_clients(Duration::from_secs(60))?;
+        self.history().check_final_reads(&reads).map_err(|message| self.failure(message))?;
+        Ok(paths.len())
+    }
+}

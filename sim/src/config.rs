@@ -5,6 +5,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use shoal_membership::{MembershipConfig, Preset};
+use shoal_node::core::replication::Quorum;
 
 /// Settings of one simulation run. Everything that shapes the run is here (or is derived from
 /// `seed`), so printing this struct is enough to replay the run.
@@ -40,6 +41,84 @@ pub struct SimConfig {
     /// The command that replays this run; `None` prints a `cargo test` command with
     /// `SHOAL_SIM_SEED` set instead.
     pub replay: Option<String>,
+    /// The data plane: `Some` gives every node a store, a replication coordinator and a
+    /// placement, and carries their RPCs over the simulated network; `None` runs membership
+    /// only (the membership scenarios, which stay as fast and their traces as they were).
+    pub replication: Option<ReplicationConfig>,
+}
+
+/// How the simulated nodes replicate (ARCHITECTURE §5, §6), and how their RPCs behave.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicationConfig {
+    /// Copies and quorum sizes; N = 3, W = 2, R = 2 as in production.
+    pub quorum: Quorum,
+    /// Block size the coordinators cut files into. Small (4 KiB) so a file of a few KiB
+    /// spans several blocks.
+    pub block_size_bytes: u32,
+    /// How long a member marked `down` stays in the ring before its ranges move (production:
+    /// 10 minutes).
+    pub evict_after: Duration,
+    /// How long after a ring change the previous owners are still written to and read from
+    /// (production: 60 s).
+    pub transition: Duration,
+    /// How long a coordinator waits for a replica's answer before it counts the request as
+    /// timed out (in doubt).
+    pub rpc_timeout: Duration,
+    /// How often each node feeds its membership view to its placement, besides after every
+    /// event its membership handles (the tokio driver: every 200 ms).
+    pub placement_refresh: Duration,
+    /// Room for blocks in each node's store.
+    pub store_capacity_bytes: u64,
+    /// Each node's wall clock is off by a random amount in `[-clock_skew_max, +clock_skew_max]`
+    /// (from the seed); [`Sim::set_clock_offset`](crate::Sim::set_clock_offset) sets one
+    /// exactly.
+    pub clock_skew_max: Duration,
+}
+
+impl Default for ReplicationConfig {
+    /// Production quorums and timings, 4 KiB blocks, 2 s RPC timeout, no clock skew.
+    fn default() -> Self {
+        Self {
+            quorum: Quorum::DEFAULT,
+            block_size_bytes: 4096,
+            evict_after: Duration::from_secs(600),
+            transition: Duration::from_secs(60),
+            rpc_timeout: Duration::from_secs(2),
+            placement_refresh: Duration::from_millis(200),
+            store_capacity_bytes: 1 << 30,
+            clock_skew_max: Duration::ZERO,
+        }
+    }
+}
+
+impl ReplicationConfig {
+    /// Panics on settings that cannot be simulated.
+    pub fn validate(&self) {
+        let q = self.quorum;
+        assert!(q.n > 0 && q.w > 0 && q.r > 0, "quorum sizes must be positive");
+        assert!(q.w <= q.n && q.r <= q.n, "quorums cannot exceed the replication factor");
+        assert!(self.block_size_bytes > 0, "block_size_bytes must be positive");
+        assert!(!self.rpc_timeout.is_zero(), "rpc_timeout must be positive");
+        assert!(!self.placement_refresh.is_zero(), "placement_refresh must be positive");
+        assert!(self.clock_skew_max < Duration::from_secs(1 << 30), "clock_skew_max is absurd");
+    }
+}
+
+impl fmt::Display for ReplicationConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "N={} W={} R={} block={}B evict_after={}s transition={}s rpc_timeout={}ms skew_max={}s",
+            self.quorum.n,
+            self.quorum.w,
+            self.quorum.r,
+            self.block_size_bytes,
+            self.evict_after.as_secs_f64(),
+            self.transition.as_secs_f64(),
+            self.rpc_timeout.as_millis(),
+            self.clock_skew_max.as_secs_f64()
+        )
+    }
 }
 
 /// The simulated network. Reordering is not a setting: it falls out of random latency.
@@ -106,6 +185,7 @@ impl SimConfig {
             poll_interval: Duration::from_millis(250),
             false_down_check: None,
             replay: None,
+            replication: None,
         };
         config.leave_linger = config.membership_config().foca_config().probe_period * 2;
         config
@@ -139,6 +219,9 @@ impl SimConfig {
         assert!(!self.poll_interval.is_zero(), "poll_interval must be positive");
         assert!(self.false_down_check.is_none_or(|every| !every.is_zero()), "false_down_check must be positive");
         self.network.validate();
+        if let Some(replication) = &self.replication {
+            replication.validate();
+        }
         if let Err(err) = self.membership_config().validate() {
             panic!("invalid membership configuration: {err}");
         }
@@ -158,7 +241,11 @@ impl fmt::Display for SimConfig {
             self.seeds,
             self.network,
             self.leave_linger.as_millis()
-        )
+        )?;
+        match &self.replication {
+            Some(replication) => write!(f, " replication: {replication}"),
+            None => Ok(()),
+        }
     }
 }
 

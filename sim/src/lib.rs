@@ -22,17 +22,26 @@
 //! sim.assert_all_see(7, MemberState::Down);
 //! ```
 //!
+//! With [`SimConfig::replication`] set, every node also runs the replication core of
+//! `shoal-node` over a [`MemStore`](shoal_storage::MemStore) (crashes lose what was not
+//! synced): the simulator carries its RPCs over the same network, clients PUT, GET and DELETE
+//! files through any node ([`Workload`]), and the checkers read the [`History`] of what they
+//! were told (no acknowledged write lost, read-after-write, later writes win, a minority
+//! acknowledges nothing).
+//!
 //! Time comes from the event queue and randomness from the seed: nothing here reads the wall
 //! clock or a global RNG (`clippy.toml` enforces it).
 #![forbid(unsafe_code)]
 
 mod check;
 mod config;
+pub mod history;
 pub mod measure;
 pub mod scenario;
 mod sim;
 
 pub use check::CheckFailure;
-pub use config::{NetworkConfig, SimConfig, seed_from_env};
+pub use config::{NetworkConfig, ReplicationConfig, SimConfig, seed_from_env};
+pub use history::{ClientKind, History, OpRecord, Outcome};
 pub use scenario::{Scenario, ScenarioOptions, Summary};
-pub use sim::{FalseDown, NodeStatus, Sim, SimStats, TraceHash, node_addr};
+pub use sim::{DataStats, FalseDown, NodeStatus, Sim, SimStats, TraceHash, Workload, node_addr, wall_clock_us};

@@ -14,7 +14,9 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "shoal-sim", version, about)]
 struct Args {
-    /// Scenario: join, crash, partition, loss, restart, leave, garbage or swarm.
+    /// Scenario: join, crash, partition, loss, restart, leave, garbage, swarm, or, with clients
+    /// reading and writing files through the replication core: data-faults, clock-skew,
+    /// ring-change, minority.
     scenario: Scenario,
     /// Seed of the run; a random one (printed) if not given.
     #[arg(long)]
@@ -22,7 +24,8 @@ struct Args {
     /// Number of nodes (each scenario has a default).
     #[arg(long)]
     nodes: Option<usize>,
-    /// Length of the fault phase in virtual seconds (`loss`, `swarm`).
+    /// Length of the fault phase in virtual seconds (`loss`, `swarm`, `data-faults`,
+    /// `clock-skew`, `ring-change`; the partition's for `minority`).
     #[arg(long)]
     duration_secs: Option<u64>,
     /// Runs this many consecutive seeds, starting at `--seed`, and stops at the first failure.

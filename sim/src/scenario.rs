@@ -2,6 +2,8 @@
 //! cluster from outside and returns a summary, or the failed check with the replay command.
 //! The scenario tests and the `shoal-sim` binary run the same functions.
 
+mod data;
+
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
@@ -50,11 +52,20 @@ pub enum Scenario {
     Garbage,
     /// A random mix of faults derived from the seed, then a healed phase that must converge.
     Swarm,
+    /// Random PUT/GET/DELETE while one node crashes and restarts and another is partitioned
+    /// away; nothing acknowledged is lost.
+    DataFaults,
+    /// Clocks up to ±60 s apart; a write that starts after another was acknowledged wins.
+    ClockSkew,
+    /// A join and an eviction during the workload; read-after-write holds throughout.
+    RingChange,
+    /// One node cut off; writes there are never acknowledged, the majority's succeed.
+    Minority,
 }
 
 impl Scenario {
     /// Every scenario, in the order the binary lists them.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Join,
         Scenario::Crash,
         Scenario::Partition,
@@ -63,6 +74,10 @@ impl Scenario {
         Scenario::Leave,
         Scenario::Garbage,
         Scenario::Swarm,
+        Scenario::DataFaults,
+        Scenario::ClockSkew,
+        Scenario::RingChange,
+        Scenario::Minority,
     ];
 
     /// The name on the command line.
@@ -76,6 +91,10 @@ impl Scenario {
             Scenario::Leave => "leave",
             Scenario::Garbage => "garbage",
             Scenario::Swarm => "swarm",
+            Scenario::DataFaults => "data-faults",
+            Scenario::ClockSkew => "clock-skew",
+            Scenario::RingChange => "ring-change",
+            Scenario::Minority => "minority",
         }
     }
 
@@ -86,6 +105,9 @@ impl Scenario {
             Scenario::Loss => 32,
             Scenario::Garbage => 10,
             Scenario::Swarm => 16,
+            Scenario::DataFaults | Scenario::ClockSkew | Scenario::Minority => 5,
+            // Five at first, the sixth joins during the run.
+            Scenario::RingChange => 6,
         }
     }
 
@@ -100,6 +122,10 @@ impl Scenario {
             Scenario::Leave => leave(options),
             Scenario::Garbage => garbage(options),
             Scenario::Swarm => swarm(options),
+            Scenario::DataFaults => data::data_faults(options),
+            Scenario::ClockSkew => data::clock_skew(options),
+            Scenario::RingChange => data::ring_change(options),
+            Scenario::Minority => data::minority(options),
         }
     }
 }
@@ -128,8 +154,9 @@ pub struct ScenarioOptions {
     pub seed: u64,
     /// Cluster size; `None` for the scenario's default.
     pub nodes: Option<usize>,
-    /// Length of the fault phase, for the scenarios that have one (`loss`, `swarm`); `None`
-    /// for the scenario's default.
+    /// Length of the fault phase, for the scenarios that have one (`loss`, `swarm`, the
+    /// workload of `data-faults`, `clock-skew` and `ring-change`, the partition of
+    /// `minority`); `None` for the scenario's default.
     pub duration: Option<Duration>,
 }
 

@@ -1,5 +1,7 @@
 //! The event loop: a virtual clock, a queue of events, the simulated network and the nodes.
 
+mod data;
+
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::fmt::{self, Write as _};
@@ -14,6 +16,9 @@ use shoal_membership::{
 };
 
 use crate::config::{NetworkConfig, SimConfig};
+use data::{DataEvent, DataNode, DataPlane};
+
+pub use data::{DataStats, Workload, wall_clock_us};
 
 /// Port every simulated node gossips on (addresses are labels: nothing touches a socket).
 const GOSSIP_PORT: u16 = 7946;
@@ -97,6 +102,8 @@ enum EventKind {
     Timer { node: usize, epoch: u64, timer: TimerEvent },
     /// The linger after `leave` ends for node `node`'s run `epoch`.
     Stop { node: usize, epoch: u64 },
+    /// Replication traffic, placement refreshes and client operations (the data plane).
+    Data(DataEvent),
 }
 
 impl PartialEq for Event {
@@ -138,6 +145,8 @@ struct Node {
     past_stats: Stats,
     packets_sent: u64,
     bytes_sent: u64,
+    /// Store, coordinator and placement, with [`SimConfig::replication`].
+    data: Option<DataNode>,
 }
 
 /// A cluster of membership cores in one process, on a virtual clock and a simulated network,
@@ -165,6 +174,9 @@ pub struct Sim {
     next_false_down_check_us: u64,
     false_downs: BTreeSet<FalseDown>,
     tap: Option<Tap>,
+    /// Requests in flight, client operations and their history, with
+    /// [`SimConfig::replication`].
+    data: Option<DataPlane>,
 }
 
 /// Sees every datagram handed to a node: virtual time, sender, receiving node, bytes.
@@ -192,6 +204,7 @@ impl Sim {
                 past_stats: Stats::default(),
                 packets_sent: 0,
                 bytes_sent: 0,
+                data: config.replication.as_ref().map(|replication| DataNode::new(&config, replication, index)),
             })
             .collect();
         let by_addr = nodes.iter().enumerate().map(|(index, node)| (node.addr, index)).collect();
@@ -217,6 +230,7 @@ impl Sim {
             next_false_down_check_us: first_check,
             false_downs: BTreeSet::new(),
             tap: None,
+            data: config.replication.as_ref().map(|replication| DataPlane::new(&config, replication)),
             config,
         }
     }
@@ -383,6 +397,7 @@ impl Sim {
         let generation = self.nodes[index].generation;
         self.record_action(format_args!("start {index} gen {generation}"));
         self.drain(index);
+        self.start_data_node(index);
     }
 
     /// Starts nodes `0..n` one after another, `spacing` apart (the clock runs in between).
@@ -437,6 +452,7 @@ impl Sim {
     }
 
     fn stop(&mut self, index: usize, status: NodeStatus) {
+        self.stop_data_node(index, status == NodeStatus::Crashed);
         let node = &mut self.nodes[index];
         if let Some(membership) = node.membership.take() {
             node.past_renewals += membership.identity().generation.saturating_sub(node.generation);
@@ -657,6 +673,7 @@ impl Sim {
                 }
                 membership.handle_packet(now_ms, from, &bytes);
                 self.drain(to);
+                self.refresh_placement(to);
             }
             EventKind::Timer { node, epoch, timer } => {
                 if self.nodes[node].epoch != epoch {
@@ -675,6 +692,7 @@ impl Sim {
                 let _ = write!(HashWriter(&mut self.trace), "{timer:?}");
                 membership.handle_timer(now_ms, timer);
                 self.drain(node);
+                self.refresh_placement(node);
             }
             EventKind::Stop { node, epoch } => {
                 if self.nodes[node].epoch == epoch && self.nodes[node].status == NodeStatus::Leaving {
@@ -683,6 +701,7 @@ impl Sim {
                     self.record_action(format_args!("stopped {node} after leaving"));
                 }
             }
+            EventKind::Data(event) => self.dispatch_data(event),
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use shoal_membership::{MemberState, ring_members};
+use shoal_membership::MemberState;
 use shoal_storage::{FjallStore, NodeId};
 use tokio::sync::oneshot;
 
@@ -17,7 +17,9 @@ use super::metrics::Metrics;
 use super::rpc::RpcClient;
 use super::{now_ms, now_us};
 use crate::core::files::FileError;
-use crate::core::replication::{Handoff, Op, Placement, PlacementTracker, Quorum, Reply, Request, RpcError, replica};
+use crate::core::replication::{
+    Handoff, KnownMember, Op, Placement, PlacementTracker, Quorum, Reply, Request, RpcError, replica,
+};
 use shoal_storage::{DirRecord, RecordUpdate, Store};
 
 /// Records read per hand-off batch.
@@ -80,23 +82,45 @@ impl Cluster {
         self.view.read().unwrap_or_else(|poison| poison.into_inner()).placement.clone()
     }
 
-    /// Keeps the placement current with the membership until the gossip task stops.
-    pub async fn follow(self, gossip: Gossip, quorum: Quorum, evict_after_ms: u64, transition_ms: u64) {
-        let mut tracker = PlacementTracker::new(self.this, quorum, transition_ms);
+    /// Keeps the placement current with the membership until the gossip task stops. The
+    /// members it knows are saved in `data_dir`, so a restart places data by the cluster this
+    /// node belongs to, not by the few members it has heard from so far.
+    pub async fn follow(
+        self,
+        gossip: Gossip,
+        quorum: Quorum,
+        evict_after_ms: u64,
+        transition_ms: u64,
+        data_dir: std::path::PathBuf,
+    ) {
+        let path = data_dir.join(KNOWN_MEMBERS_FILE);
+        let remembered = match tokio::fs::read(&path).await {
+            Ok(bytes) => serde_json::from_slice::<Vec<KnownMember>>(&bytes).unwrap_or_else(|err| {
+                tracing::warn!(%err, path = %path.display(), "unreadable member list; starting from the view alone");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
+        let mut tracker =
+            PlacementTracker::new(self.this, quorum, transition_ms, evict_after_ms, remembered, now_ms());
+        let mut saved = tracker.known();
         let mut tick = tokio::time::interval(PLACEMENT_REFRESH);
         let mut handoff: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             tick.tick().await;
             let Some((views, _)) = gossip.members().await else { return };
             let now = now_ms();
-            let rpc_addrs: HashMap<NodeId, SocketAddr> = views
-                .iter()
-                .filter_map(|view| Some((NodeId(view.identity.node_id), view.record.as_ref()?.rpc_addr)))
-                .collect();
             let joined = views.iter().any(|view| {
                 view.identity.node_id != self.this.0 && matches!(view.state, MemberState::Alive | MemberState::Suspect)
             });
-            let changed = tracker.update(now, ring_members(&views, now, evict_after_ms));
+            let changed = tracker.update(now, &views);
+            let known = tracker.known();
+            let rpc_addrs: HashMap<NodeId, SocketAddr> =
+                known.iter().map(|member| (NodeId(member.node_id), member.rpc_addr)).collect();
+            if known != saved {
+                save_known(&path, &known).await;
+                saved = known;
+            }
             let mut view = self.view.write().unwrap_or_else(|poison| poison.into_inner());
             if let Some(placement) = changed {
                 tracing::info!(
@@ -268,6 +292,28 @@ impl Cluster {
             op.handle_reply(now_us(), token, reply);
         }
         self.metrics.read_repairs.inc_by(op.repairs_sent());
+    }
+}
+
+/// The file in the data directory listing the members this node knows.
+const KNOWN_MEMBERS_FILE: &str = "members.json";
+
+/// Saves the known members atomically (temporary file, fsync, rename); a failure is logged and
+/// retried at the next change.
+async fn save_known(path: &std::path::Path, known: &[KnownMember]) {
+    let path = path.to_path_buf();
+    let Ok(bytes) = serde_json::to_vec_pretty(known) else { return };
+    let saved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })
+    .await;
+    if let Ok(Err(err)) | Err(err) = saved.map_err(std::io::Error::other) {
+        tracing::warn!(%err, "cannot save the member list");
     }
 }
 

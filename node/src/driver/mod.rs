@@ -149,6 +149,7 @@ impl Node {
             quorum,
             config.evict_after_secs.saturating_mul(1000),
             config.transition_secs.saturating_mul(1000),
+            config.data_dir.clone(),
         ));
         let state = http::AppState::new(
             coordinator,

@@ -88,17 +88,22 @@ fn union(sets: &[Vec<NodeId>]) -> Vec<NodeId> {
     sets.iter().flatten().copied().filter(|node| seen.insert(*node)).collect()
 }
 
-/// Whether `answered` holds `need(set)` members of every set.
-fn quorum_met(sets: &[Vec<NodeId>], answered: &HashSet<NodeId>, quorum_size: usize) -> bool {
-    sets.iter()
-        .all(|set| set.iter().filter(|node| answered.contains(node)).count() >= Placement::need(set.len(), quorum_size))
+/// Whether `answered` holds the needed number of members of every set.
+fn quorum_met(sets: &[(Vec<NodeId>, usize)], answered: &HashSet<NodeId>) -> bool {
+    sets.iter().all(|(set, need)| set.iter().filter(|node| answered.contains(node)).count() >= *need)
+}
+
+/// Every node of the owner sets, once, in order.
+fn owners(sets: &[(Vec<NodeId>, usize)]) -> Vec<NodeId> {
+    let plain: Vec<Vec<NodeId>> = sets.iter().map(|(set, _)| set.clone()).collect();
+    union(&plain)
 }
 
 /// One key of a [`ReadKeys`].
 #[derive(Debug)]
 struct KeyRead {
     key: RecordKey,
-    sets: Vec<Vec<NodeId>>,
+    sets: Vec<(Vec<NodeId>, usize)>,
     answers: Vec<(NodeId, RecordValue)>,
     failures: Vec<(NodeId, String)>,
     timed_out: bool,
@@ -121,7 +126,6 @@ impl KeyRead {
 #[derive(Debug)]
 pub struct ReadKeys {
     keys: Vec<KeyRead>,
-    r: usize,
     sender: Sender,
     /// Token to the key it reads, or `None` for a repair write.
     tokens: HashMap<u64, Option<(usize, NodeId)>>,
@@ -135,7 +139,6 @@ impl ReadKeys {
     pub fn new(placement: &Placement, keys: Vec<RecordKey>) -> ReadKeys {
         let mut read = ReadKeys {
             keys: Vec::new(),
-            r: placement.quorum().r,
             sender: Sender::default(),
             tokens: HashMap::new(),
             decided: false,
@@ -143,8 +146,8 @@ impl ReadKeys {
             repairs_sent: 0,
         };
         for (index, key) in keys.into_iter().enumerate() {
-            let sets = placement.owner_sets(key.placement());
-            let owners = union(&sets);
+            let sets = placement.quorum_sets(key.placement(), placement.quorum().r);
+            let owners = owners(&sets);
             for node in &owners {
                 let token = read.sender.send(*node, Request::Record(RecordRpc::Read(key.clone())));
                 read.tokens.insert(token, Some((index, *node)));
@@ -167,7 +170,7 @@ impl ReadKeys {
         }
         let mut values = Vec::with_capacity(self.keys.len());
         for key in &self.keys {
-            if quorum_met(&key.sets, &key.answered(), self.r) {
+            if quorum_met(&key.sets, &key.answered()) {
                 values.push(key.merged().expect("a met quorum has answers"));
                 continue;
             }
@@ -183,7 +186,7 @@ impl ReadKeys {
                     "read quorum not reached for {:?} ({} of {} owners answered; {})",
                     key.key,
                     key.answers.len(),
-                    union(&key.sets).len(),
+                    owners(&key.sets).len(),
                     detail.join(", ")
                 ),
             }));
@@ -258,9 +261,8 @@ impl Op for ReadKeys {
 /// of each of its owner sets made it durable.
 #[derive(Debug)]
 pub struct WriteQuorum {
-    /// For each key group, its owner sets.
-    groups: Vec<Vec<Vec<NodeId>>>,
-    w: usize,
+    /// For each key group, its owner sets with the acknowledgements each needs.
+    groups: Vec<Vec<(Vec<NodeId>, usize)>>,
     sender: Sender,
     tokens: HashMap<u64, NodeId>,
     acks: HashSet<NodeId>,
@@ -272,10 +274,9 @@ pub struct WriteQuorum {
 }
 
 impl WriteQuorum {
-    fn empty(w: usize) -> WriteQuorum {
+    fn empty() -> WriteQuorum {
         WriteQuorum {
             groups: Vec::new(),
-            w,
             sender: Sender::default(),
             tokens: HashMap::new(),
             acks: HashSet::new(),
@@ -290,9 +291,9 @@ impl WriteQuorum {
     /// Merges `updates` on the owners of their keys. Each owner gets the updates it owns in
     /// one request, applied atomically there.
     pub fn records(placement: &Placement, updates: Vec<RecordUpdate>) -> WriteQuorum {
-        let mut write = WriteQuorum::empty(placement.quorum().w);
+        let mut write = WriteQuorum::empty();
         let mut per_node: Vec<(NodeId, Vec<RecordUpdate>)> = Vec::new();
-        let mut groups: Vec<(Vec<u8>, Vec<Vec<NodeId>>)> = Vec::new();
+        let mut groups: Vec<(Vec<u8>, Vec<(Vec<NodeId>, usize)>)> = Vec::new();
         for update in updates {
             let key = match &update {
                 RecordUpdate::File(path, _) | RecordUpdate::Dir(path, _) => path.as_bytes().to_vec(),
@@ -300,12 +301,12 @@ impl WriteQuorum {
             let sets = match groups.iter().find(|(k, _)| *k == key) {
                 Some((_, sets)) => sets.clone(),
                 None => {
-                    let sets = placement.owner_sets(&key);
+                    let sets = placement.quorum_sets(&key, placement.quorum().w);
                     groups.push((key, sets.clone()));
                     sets
                 }
             };
-            for node in union(&sets) {
+            for node in owners(&sets) {
                 match per_node.iter_mut().find(|(n, _)| *n == node) {
                     Some((_, list)) => list.push(update.clone()),
                     None => per_node.push((node, vec![update.clone()])),
@@ -322,9 +323,9 @@ impl WriteQuorum {
 
     /// Stores block `bytes`, named `hash`, on the owners of the hash.
     pub fn block(placement: &Placement, hash: BlockHash, bytes: Bytes) -> WriteQuorum {
-        let mut write = WriteQuorum::empty(placement.quorum().w);
-        let sets = placement.owner_sets(&hash.0);
-        for node in union(&sets) {
+        let mut write = WriteQuorum::empty();
+        let sets = placement.quorum_sets(&hash.0, placement.quorum().w);
+        for node in owners(&sets) {
             let token = write.sender.send(node, Request::Block(BlockRpc::Put { hash, bytes: bytes.clone() }));
             write.tokens.insert(token, node);
         }
@@ -336,7 +337,7 @@ impl WriteQuorum {
         if self.decided {
             return;
         }
-        if self.groups.iter().all(|sets| quorum_met(sets, &self.acks, self.w)) {
+        if self.groups.iter().all(|sets| quorum_met(sets, &self.acks)) {
             self.decided = true;
             self.outcome = Some(Ok(()));
             return;

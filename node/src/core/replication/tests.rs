@@ -29,7 +29,7 @@ impl Harness {
         Harness {
             cluster: LocalCluster::new(nodes.iter().map(|n| (*n, Arc::new(MemStore::new(capacity_bytes))))),
             coordinators: nodes.iter().map(|n| Coordinator::new(*n, BLOCK)).collect(),
-            placements: nodes.iter().map(|n| Arc::new(Placement::new(*n, quorum, ring.clone(), None))).collect(),
+            placements: nodes.iter().map(|n| Arc::new(Placement::new(*n, quorum, ring.clone(), None, count as usize))).collect(),
             nodes,
         }
     }
@@ -381,14 +381,14 @@ fn after_a_join_the_hand_off_lets_the_new_ring_alone_serve_every_file() {
     let old_ring = Ring::new(h.nodes[..3].iter().map(member).collect(), 3);
     let new_ring = Ring::new(h.nodes.iter().map(member).collect(), 3);
     h.placements =
-        h.nodes.iter().map(|n| Arc::new(Placement::new(*n, Quorum::DEFAULT, old_ring.clone(), None))).collect();
+        h.nodes.iter().map(|n| Arc::new(Placement::new(*n, Quorum::DEFAULT, old_ring.clone(), None, 3))).collect();
     let paths: Vec<String> = (0..40).map(|i| format!("/d{}/f{i}", i % 4)).collect();
     for (i, path) in paths.iter().enumerate() {
         h.put(i % 3, path, format!("content {i}").as_bytes(), 10 + i as u64).expect("put");
     }
     // The transition: every node hands off what it holds.
     for node in &h.nodes {
-        let placement = Placement::new(*node, Quorum::DEFAULT, new_ring.clone(), Some(old_ring.clone()));
+        let placement = Placement::new(*node, Quorum::DEFAULT, new_ring.clone(), Some(old_ring.clone()), 4);
         let store = h.cluster.store(*node).clone();
         let files = store.scan_files(None, usize::MAX).expect("scan");
         let entries = store.scan_dir_entries(None, usize::MAX).expect("scan");
@@ -408,7 +408,7 @@ fn after_a_join_the_hand_off_lets_the_new_ring_alone_serve_every_file() {
     }
     // The transition is over: only the new ring is asked, and it has everything.
     h.placements =
-        h.nodes.iter().map(|n| Arc::new(Placement::new(*n, Quorum::DEFAULT, new_ring.clone(), None))).collect();
+        h.nodes.iter().map(|n| Arc::new(Placement::new(*n, Quorum::DEFAULT, new_ring.clone(), None, 4))).collect();
     let joined = h.cluster.store(h.nodes[3]);
     assert!(joined.scan_files(None, usize::MAX).expect("scan").len() > 5, "the newcomer took over some files");
     for (i, path) in paths.iter().enumerate() {

@@ -1,0 +1,292 @@
+//! Scenarios of the data plane: clients PUT, GET and DELETE files through the replication
+//! core while the simulator injects faults; the history of what they were told is checked
+//! from outside (ARCHITECTURE §5, §6, §10).
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+
+use super::{RECONVERGE_MAX, Scenario, ScenarioOptions, Summary, fact, secs, start_and_converge};
+use crate::check::CheckFailure;
+use crate::config::{ReplicationConfig, SimConfig};
+use crate::history::ClientKind;
+use crate::sim::{Sim, Workload};
+
+/// The settings of a data scenario: `scenario`'s cluster with a data plane.
+fn data_config(options: &ScenarioOptions, scenario: Scenario, replication: ReplicationConfig) -> SimConfig {
+    let mut config = options.sim_config(scenario);
+    config.replication = Some(replication);
+    config
+}
+
+/// The end of every data scenario: no new client operations, every fault lifted (crashed
+/// nodes restarted unless `keep_down`), the views converged, the placements settled
+/// (transitions over); then the history checks and the final read of every path through a
+/// random running node. Returns the facts to report.
+fn heal_and_check(sim: &mut Sim, rng: &mut StdRng, keep_down: &[usize]) -> Result<Vec<(String, String)>, CheckFailure> {
+    sim.stop_workload();
+    sim.heal();
+    for index in 0..sim.len() {
+        if !sim.status(index).is_up() && !keep_down.contains(&index) && sim.generation(index) > 0 {
+            sim.restart(index);
+        }
+    }
+    sim.wait_for_clients(Duration::from_secs(60))?;
+    let converged = sim.wait_for("the views to converge after the heal", RECONVERGE_MAX, Sim::check_converged)?;
+    let transition = sim.config().replication.as_ref().map_or(Duration::ZERO, |r| r.transition);
+    sim.run_for(transition + Duration::from_secs(1));
+    sim.check_history()?;
+    let running = sim.running_nodes();
+    let reader = running[rng.random_range(0..running.len())];
+    let paths = sim.check_no_acknowledged_write_lost(reader)?;
+    let history = sim.history();
+    let workload = |op: &crate::history::OpRecord| op.kind != ClientKind::ReadRecord;
+    let stats = sim.data_stats();
+    Ok(vec![
+        fact("converged after the heal in", secs(converged)),
+        fact("client operations", history.ops.iter().filter(|op| workload(op)).count()),
+        fact("PUT", history.tally(|op| op.kind == ClientKind::Put)),
+        fact("GET", history.tally(|op| op.kind == ClientKind::Get)),
+        fact("DELETE", history.tally(|op| op.kind == ClientKind::Delete)),
+        fact("final reads", format!("{paths} paths through node {reader}, nothing acknowledged lost")),
+        fact(
+            "requests",
+            format!(
+                "{} sent, {} served, {} timed out, {} lost, {} partitioned, {} to stopped nodes, {} read repairs",
+                stats.requests_sent,
+                stats.requests_served,
+                stats.timeouts,
+                stats.dropped_loss,
+                stats.dropped_partition,
+                stats.dropped_node_down,
+                stats.read_repairs
+            ),
+        ),
+        fact("placement changes (all nodes)", stats.placement_changes),
+        fact("hand-off pushes (all nodes)", stats.handoff_pushes),
+    ])
+}
+
+/// Random PUT/GET/DELETE on 5 nodes while one node crashes and restarts and another is
+/// partitioned away, at times drawn from the seed; then every acknowledged write must be
+/// readable and nothing acknowledged lost.
+pub(super) fn data_faults(options: &ScenarioOptions) -> Result<Summary, CheckFailure> {
+    let config = data_config(options, Scenario::DataFaults, ReplicationConfig::default());
+    let n = config.nodes;
+    assert!(n >= 3, "the scenario needs a node to crash, one to partition and one more");
+    let fault_phase = options.duration.unwrap_or(Duration::from_secs(60));
+    let phase_ms = u64::try_from(fault_phase.as_millis()).unwrap_or(u64::MAX).max(10_000);
+    let mut plan_rng = StdRng::seed_from_u64(options.seed ^ 0xDA7A_FA17_5EED_0001);
+    let crashed = plan_rng.random_range(0..n);
+    let isolated = (crashed + plan_rng.random_range(1..n)) % n;
+    let crash_at = Duration::from_millis(plan_rng.random_range(2_000..phase_ms / 2));
+    let restart_at = crash_at + Duration::from_millis(plan_rng.random_range(2_000..20_000));
+    let partition_at = Duration::from_millis(plan_rng.random_range(2_000..phase_ms / 2));
+    let heal_at = partition_at + Duration::from_millis(plan_rng.random_range(5_000..30_000));
+    let mut sim = Sim::new(config);
+    eprintln!(
+        "plan: crash node {crashed} at {}, restart it at {}; partition node {isolated} away at {}, heal at {} \
+         (times after the cluster converged; fault phase {})",
+        secs(crash_at),
+        secs(restart_at),
+        secs(partition_at),
+        secs(heal_at),
+        secs(fault_phase)
+    );
+    let converged = start_and_converge(&mut sim)?;
+    sim.start_workload(Workload::default());
+    let start = sim.now();
+    let others: Vec<usize> = (0..n).filter(|&index| index != isolated).collect();
+    let mut steps: Vec<(Duration, u8)> = vec![(crash_at, 0), (restart_at, 1), (partition_at, 2), (heal_at, 3)];
+    steps.sort();
+    for (at, step) in steps {
+        if at >= fault_phase {
+            continue;
+        }
+        sim.run_for((start + at).saturating_sub(sim.now()));
+        match step {
+            0 => sim.crash(crashed),
+            1 => sim.restart(crashed),
+            2 => sim.partition(&[&[isolated], &others]),
+            _ => sim.heal(),
+        }
+    }
+    sim.run_for((start + fault_phase).saturating_sub(sim.now()));
+    let mut facts = vec![
+        fact("converged after", secs(converged)),
+        fact("crashed", format!("node {crashed} from {} to {}", secs(crash_at), secs(restart_at))),
+        fact("partitioned away", format!("node {isolated} from {} to {}", secs(partition_at), secs(heal_at))),
+    ];
+    let mut rng = sim.scenario_rng(4);
+    facts.extend(heal_and_check(&mut sim, &mut rng, &[])?);
+    Ok(Summary::new(Scenario::DataFaults, &sim, facts))
+}
+
+/// Clocks up to ±60 s apart: every write that starts after another was acknowledged gets a
+/// greater version (and so wins), and the final read returns the newest acknowledged write.
+pub(super) fn clock_skew(options: &ScenarioOptions) -> Result<Summary, CheckFailure> {
+    let config = data_config(options, Scenario::ClockSkew, ReplicationConfig::default());
+    let n = config.nodes;
+    let duration = options.duration.unwrap_or(Duration::from_secs(60));
+    let mut sim = Sim::new(config);
+    // Spread the clocks over the whole ±60 s, in an order drawn from the seed, with jitter.
+    let mut plan_rng = sim.scenario_rng(5);
+    let skew_us = 60_000_000i64;
+    let mut offsets: Vec<i64> = (0..n)
+        .map(|i| if n == 1 { 0 } else { -skew_us + 2 * skew_us * i as i64 / (n as i64 - 1) })
+        .map(|offset| (offset + plan_rng.random_range(-500_000..=500_000)).clamp(-skew_us, skew_us))
+        .collect();
+    offsets.shuffle(&mut plan_rng);
+    for (index, offset) in offsets.iter().enumerate() {
+        sim.set_clock_offset(index, *offset);
+    }
+    eprintln!("clock offsets (µs): {offsets:?}");
+    let converged = start_and_converge(&mut sim)?;
+    // Few paths, mostly writes: many writes follow one another on each path, through nodes
+    // whose clocks disagree.
+    let workload = Workload {
+        paths: (0..6).map(|i| format!("/skew{}/file{i}", i % 2)).collect(),
+        put_percent: 55,
+        get_percent: 30,
+        ..Workload::default()
+    };
+    sim.start_workload(workload);
+    sim.run_for(duration);
+    let mut facts = vec![fact("converged after", secs(converged)), fact("clock offsets (µs)", format!("{offsets:?}"))];
+    // How often the check meant something: a write acknowledged, then a later write through
+    // a node whose clock is behind the first one's.
+    let history = sim.history();
+    let mut backwards = 0usize;
+    for earlier in history.ops.iter().filter(|op| op.acked_version().is_some()) {
+        let Some(end) = earlier.end else { continue };
+        let later =
+            history.ops.iter().find(|op| op.path == earlier.path && op.acked_version().is_some() && op.start > end);
+        if let Some(later) = later
+            && offsets[later.node] + 1_000_000 < offsets[earlier.node]
+        {
+            backwards += 1;
+        }
+    }
+    sim.check(backwards > 0, || "no acknowledged write was followed by one from a node whose clock is behind".into())?;
+    facts.push(fact("acknowledged writes followed next by a write from a node >1 s behind", backwards));
+    let mut rng = sim.scenario_rng(4);
+    facts.extend(heal_and_check(&mut sim, &mut rng, &[])?);
+    Ok(Summary::new(Scenario::ClockSkew, &sim, facts))
+}
+
+/// A join and an eviction while the workload runs: 5 of 6 nodes start, the 6th joins, then a
+/// node crashes for good and is evicted from the ring after `evict_after` (30 s); the ring
+/// changes twice and read-after-write holds throughout.
+pub(super) fn ring_change(options: &ScenarioOptions) -> Result<Summary, CheckFailure> {
+    let replication = ReplicationConfig {
+        evict_after: Duration::from_secs(30),
+        transition: Duration::from_secs(20),
+        ..ReplicationConfig::default()
+    };
+    let config = data_config(options, Scenario::RingChange, replication);
+    let n = config.nodes;
+    assert!(n >= 5, "the scenario needs at least 5 nodes");
+    let duration = options.duration.unwrap_or(Duration::from_secs(120));
+    let mut sim = Sim::new(config);
+    let joiner = n - 1;
+    for index in 0..joiner {
+        sim.start_node(index);
+        sim.run_for(Duration::from_millis(10));
+    }
+    let converged = sim.wait_for("the first nodes to converge", super::JOIN_MAX, Sim::check_converged)?;
+    let mut plan_rng = sim.scenario_rng(6);
+    let victim = plan_rng.random_range(1..joiner);
+    let join_at = Duration::from_millis(plan_rng.random_range(3_000..10_000));
+    let crash_at = join_at + Duration::from_millis(plan_rng.random_range(5_000..20_000));
+    eprintln!("plan: node {joiner} joins at {}, node {victim} crashes for good at {}", secs(join_at), secs(crash_at));
+    sim.start_workload(Workload::default());
+    let start = sim.now();
+    sim.run_for(join_at);
+    sim.start_node(joiner);
+    sim.run_for((start + crash_at).saturating_sub(sim.now()));
+    sim.crash(victim);
+    sim.run_for((start + duration).saturating_sub(sim.now()));
+    // Both changes must have reached every running node's ring.
+    let victim_id = sim.node_id(victim);
+    let joiner_id = sim.node_id(joiner);
+    for index in sim.running_nodes() {
+        let placement = sim.placement(index).expect("a running node has a placement");
+        let members: Vec<u128> = placement.ring().members().iter().map(|member| member.node_id).collect();
+        sim.check(members.contains(&joiner_id) && !members.contains(&victim_id), || {
+            format!(
+                "node {index}'s ring after the run: joiner {joiner} {}, evicted node {victim} {}",
+                if members.contains(&joiner_id) { "in" } else { "missing" },
+                if members.contains(&victim_id) { "still in" } else { "out" }
+            )
+        })?;
+    }
+    let mut facts = vec![
+        fact("converged after", secs(converged)),
+        fact("joined", format!("node {joiner} at {}", secs(join_at))),
+        fact("crashed for good", format!("node {victim} at {}", secs(crash_at))),
+    ];
+    let mut rng = sim.scenario_rng(4);
+    facts.extend(heal_and_check(&mut sim, &mut rng, &[victim])?);
+    Ok(Summary::new(Scenario::RingChange, &sim, facts))
+}
+
+/// One node of 5 is cut off; writes coordinated on it while it is alone fail or are in doubt
+/// (never acknowledged), writes on the majority side still succeed.
+pub(super) fn minority(options: &ScenarioOptions) -> Result<Summary, CheckFailure> {
+    let config = data_config(options, Scenario::Minority, ReplicationConfig::default());
+    let n = config.nodes;
+    assert!(n >= 3, "a minority of one needs a majority of at least two");
+    let partition_length = options.duration.unwrap_or(Duration::from_secs(30));
+    let mut sim = Sim::new(config);
+    let converged = start_and_converge(&mut sim)?;
+    let mut plan_rng = sim.scenario_rng(7);
+    let isolated = plan_rng.random_range(0..n);
+    let others: Vec<usize> = (0..n).filter(|&index| index != isolated).collect();
+    // Half the operations go through the node that will be cut off.
+    let mut coordinators = vec![isolated; others.len()];
+    coordinators.extend(&others);
+    sim.start_workload(Workload {
+        coordinators: Some(coordinators),
+        put_percent: 60,
+        get_percent: 20,
+        ..Workload::default()
+    });
+    sim.run_for(Duration::from_secs(10));
+    let from = sim.now();
+    sim.partition(&[&[isolated], &others]);
+    eprintln!("node {isolated} partitioned away at {} for {}", secs(from), secs(partition_length));
+    sim.run_for(partition_length);
+    let until = sim.now();
+    sim.heal();
+    sim.run_for(Duration::from_secs(10));
+    sim.stop_workload();
+    sim.wait_for_clients(Duration::from_secs(60))?;
+    sim.check_none_acked(&[isolated], from, until)?;
+    let history = sim.history();
+    let during = |op: &crate::history::OpRecord| op.start >= from && op.end.is_some_and(|end| end <= until);
+    let minority = history.tally(|op| op.kind.is_write() && op.node == isolated && during(op));
+    let majority = history.tally(|op| op.kind.is_write() && op.node != isolated && during(op));
+    sim.check(minority.failed + minority.in_doubt > 0, || "no write was tried on the minority side".into())?;
+    sim.check(majority.acked > 0, || "no write succeeded on the majority side".into())?;
+    // Majority writes do not depend on the cut-off node: all succeed (a DELETE may find no
+    // file to delete).
+    if let Some(op) = history.ops.iter().find(|op| {
+        op.kind.is_write()
+            && op.node != isolated
+            && during(op)
+            && !matches!(op.outcome, crate::history::Outcome::Acked(_) | crate::history::Outcome::NotFound)
+    }) {
+        return Err(sim.failure(format!("a write on the majority side during the partition did not succeed: {op}")));
+    }
+    let mut facts = vec![
+        fact("converged after", secs(converged)),
+        fact("partitioned away", format!("node {isolated} for {}", secs(partition_length))),
+        fact("writes on the minority side during the partition", minority),
+        fact("writes on the majority side during the partition", majority),
+    ];
+    let mut rng = sim.scenario_rng(4);
+    facts.extend(heal_and_check(&mut sim, &mut rng, &[])?);
+    Ok(Summary::new(Scenario::Minority, &sim, facts))
+}
