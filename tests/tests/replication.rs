@@ -58,6 +58,7 @@ async fn three_processes_replicate_survive_a_kill_and_repair_the_restarted_node(
     let mut b = start(Some(&a));
     let c = start(Some(&a));
     wait_for_ring(&[&a, &b, &c], 3).await;
+    assert!(b.data_dir.join("members.json").exists(), "the members a node knows are saved");
     let status = c.client().status().await.expect("status");
     assert_eq!((status.replication.n, status.replication.w, status.replication.r), (3, 2, 2));
 
@@ -90,10 +91,14 @@ async fn three_processes_replicate_survive_a_kill_and_repair_the_restarted_node(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Proof that B now holds the record, its blocks and the tombstone itself: restarted with
-    // no seed after A and C are gone, B forms a ring of one and serves only its own copies.
+    // Proof that B now holds the record, its blocks and the tombstone itself: with A and C
+    // gone, B restarted with no seed and without the member list it keeps (so it no longer
+    // knows it belongs to a three-node cluster) forms a ring of one and serves only its own
+    // copies.
     drop(a);
     drop(c);
+    b.kill9();
+    std::fs::remove_file(b.data_dir.join("members.json")).expect("B remembers its cluster");
     b.restart_with_args(args(None)).expect("restart B alone");
     assert_eq!(b.client().get_bytes("/after/kill.bin").await.expect("B alone has the repaired copy"), small);
     assert!(b.client().stat("/big/file.bin").await.is_err(), "B alone has the tombstone");
