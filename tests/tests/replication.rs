@@ -38,7 +38,13 @@ async fn wait_for_ring(nodes: &[&ShoalProcess], size: usize) {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "the ring did not form within 30 s");
+        if start.elapsed() > Duration::from_secs(30) {
+            let mut views = String::new();
+            for node in nodes {
+                views.push_str(&format!("{:#?}\n", node.client().status().await.map(|s| s.members)));
+            }
+            panic!("the ring did not form within 30 s:\n{views}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

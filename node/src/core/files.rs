@@ -153,7 +153,7 @@ impl ReadPlan {
 }
 
 /// An upload in progress: the driver feeds it the body and stores the blocks it hands out.
-/// Nothing becomes visible until [`FileCore::commit_upload`]; dropping an upload (a client
+/// Nothing becomes visible until the coordinator commits it ([`Coordinator::commit`](super::replication::Coordinator::commit)); dropping an upload (a client
 /// that went away) leaves at most orphan blocks.
 #[derive(Debug)]
 pub struct Upload {

@@ -24,6 +24,8 @@ use shoal_storage::{DirRecord, RecordUpdate, Store};
 
 /// Records read per hand-off batch.
 const HANDOFF_RECORDS_PER_BATCH: usize = 256;
+/// Wait before running a hand-off again after some pushes failed.
+const HANDOFF_RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// Blocks (held in memory) per hand-off batch.
 const HANDOFF_BLOCKS_PER_BATCH: usize = 8;
 
@@ -101,11 +103,13 @@ impl Cluster {
             }),
             Err(_) => Vec::new(),
         };
-        let mut tracker =
-            PlacementTracker::new(self.this, quorum, transition_ms, evict_after_ms, remembered, now_ms());
+        let mut tracker = PlacementTracker::new(self.this, quorum, transition_ms, evict_after_ms, remembered, now_ms());
         let mut saved = tracker.known();
+        // The remembered cluster is the placement from the start, before gossip says anything.
+        self.view.write().unwrap_or_else(|poison| poison.into_inner()).placement = tracker.placement();
         let mut tick = tokio::time::interval(PLACEMENT_REFRESH);
-        let mut handoff: Option<tokio::task::JoinHandle<()>> = None;
+        // The hand-off in progress and the ring it hands off to; aborted with this task.
+        let mut handoff: Option<(AbortOnDrop, Arc<Placement>)> = None;
         loop {
             tick.tick().await;
             let Some((views, _)) = gossip.members().await else { return };
@@ -113,6 +117,19 @@ impl Cluster {
             let joined = views.iter().any(|view| {
                 view.identity.node_id != self.this.0 && matches!(view.state, MemberState::Alive | MemberState::Suspect)
             });
+            // A finished hand-off lets the transition end (once its time is up too); a failed
+            // one runs again, after a pause.
+            if let Some((task, placement)) = handoff.as_mut()
+                && task.0.as_ref().is_some_and(|running| running.is_finished())
+                && let Some(finished) = task.0.take()
+            {
+                if finished.await.unwrap_or(false) {
+                    tracker.handoff_finished();
+                } else {
+                    let retry = self.clone().hand_off(placement.clone(), HANDOFF_RETRY_PAUSE);
+                    task.0 = Some(tokio::spawn(retry));
+                }
+            }
             let changed = tracker.update(now, &views);
             let known = tracker.known();
             let rpc_addrs: HashMap<NodeId, SocketAddr> =
@@ -121,21 +138,23 @@ impl Cluster {
                 save_known(&path, &known).await;
                 saved = known;
             }
+            if let Some(placement) = &changed {
+                let new_ring =
+                    handoff.as_ref().is_none_or(|(_, running)| running.ring().members() != placement.ring().members());
+                if placement.in_transition() && new_ring {
+                    tracing::info!(members = placement.ring().members().len(), "ring changed; handing off");
+                    // Replacing the running hand-off aborts it: the new one covers it.
+                    let task =
+                        AbortOnDrop(Some(tokio::spawn(self.clone().hand_off(placement.clone(), Duration::ZERO))));
+                    handoff = Some((task, placement.clone()));
+                } else if !placement.in_transition() {
+                    tracing::info!(members = placement.ring().members().len(), "ring settled");
+                    handoff = None;
+                }
+            }
             let mut view = self.view.write().unwrap_or_else(|poison| poison.into_inner());
             if let Some(placement) = changed {
-                tracing::info!(
-                    members = placement.ring().members().len(),
-                    transition = placement.in_transition(),
-                    "placement changed"
-                );
-                view.placement = placement.clone();
-                if placement.in_transition() {
-                    // A newer ring supersedes the hand-off to the previous one.
-                    if let Some(running) = handoff.take() {
-                        running.abort();
-                    }
-                    handoff = Some(tokio::spawn(self.clone().hand_off(placement)));
-                }
+                view.placement = placement;
             }
             view.rpc_addrs = Arc::new(rpc_addrs);
             view.ready |= joined;
@@ -143,8 +162,9 @@ impl Cluster {
     }
 
     /// Gives everything this node holds whose owners changed to its new owners, in bounded
-    /// batches. Failures are logged; read repair and the next ring change retry.
-    async fn hand_off(self, placement: Arc<Placement>) {
+    /// batches. Returns whether every push was confirmed durable; the caller runs it again if not.
+    async fn hand_off(self, placement: Arc<Placement>, pause: Duration) -> bool {
+        tokio::time::sleep(pause).await;
         let started = now_ms();
         let (mut pushed, mut failed) = (0u64, 0u64);
         let result: Result<(), shoal_storage::StoreError> = async {
@@ -227,8 +247,14 @@ impl Cluster {
         }
         .await;
         match result {
-            Ok(()) => tracing::info!(pushed, failed, took_ms = now_ms() - started, "hand-off after a ring change done"),
-            Err(err) => tracing::warn!(%err, pushed, failed, "hand-off stopped by a store error"),
+            Ok(()) => {
+                tracing::info!(pushed, failed, took_ms = now_ms() - started, "hand-off after a ring change done");
+                failed == 0
+            }
+            Err(err) => {
+                tracing::warn!(%err, pushed, failed, "hand-off stopped by a store error");
+                false
+            }
         }
     }
 
@@ -292,6 +318,18 @@ impl Cluster {
             op.handle_reply(now_us(), token, reply);
         }
         self.metrics.read_repairs.inc_by(op.repairs_sent());
+    }
+}
+
+/// A task aborted when its handle is dropped, so it cannot outlive its owner.
+/// (`None` once its result was taken.)
+struct AbortOnDrop(Option<tokio::task::JoinHandle<bool>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 

@@ -216,7 +216,9 @@ async fn put_file(
         ),
     };
     let mut upload = state.coordinator.begin_upload(&path)?;
-    let placement = state.cluster.placement()?;
+    // Refused early if this node cannot coordinate; each block and the commit then take the
+    // placement in force when they start, so an upload outlasting a ring change follows it.
+    state.cluster.placement()?;
 
     // Blocks go to their owners while the next ones arrive; at most
     // `upload_blocks_in_flight_max` at once, so memory stays bounded.
@@ -244,14 +246,14 @@ async fn put_file(
                 let (index, hash) = next_write(&state, &mut writes).await?;
                 upload.block_stored(index, hash);
             }
-            writes.push_back(store_block(state.clone(), placement.clone(), index, block));
+            writes.push_back(store_block(state.clone(), state.cluster.placement()?, index, block));
         }
     }
     while !writes.is_empty() {
         let (index, hash) = next_write(&state, &mut writes).await?;
         upload.block_stored(index, hash);
     }
-    let op = state.coordinator.commit(placement, upload, declared)?;
+    let op = state.coordinator.commit(state.cluster.placement()?, upload, declared)?;
     let stat = match run_file_op(&state, op).await? {
         FileOutcome::File(stat) => stat,
         other => return Err(unexpected(other)),
@@ -267,12 +269,18 @@ async fn store_block(
     index: usize,
     block: bytes::Bytes,
 ) -> Result<(usize, BlockHash), FileError> {
-    // Hashing a block takes a while: off the async workers.
+    // Hashing a block takes a while: off the async workers (the upload's running content
+    // hash is updated as the body arrives).
     let coordinator = state.coordinator.clone();
     let (hash, write) = blocking(move || Ok(coordinator.put_block(&placement, block))).await?;
     match state.cluster.run(write).await {
         Ok(()) => Ok((index, hash)),
-        Err(failure) => Err(coordinator::write_failed(failure)),
+        // No record names the block yet, so whatever copies landed are invisible orphans:
+        // the file's write failed, it is not in doubt.
+        Err(failure) => Err(match coordinator::write_failed(failure) {
+            FileError::InDoubt(detail) => FileError::Unavailable(detail),
+            other => other,
+        }),
     }
 }
 

@@ -32,8 +32,8 @@ use rand::{RngExt, SeedableRng};
 use shoal_membership::MemberState;
 use shoal_node::core::files::{FileError, Upload};
 use shoal_node::core::replication::{
-    BlockRpc, Coordinator, FetchBlock, FileOp, FileOutcome, Handoff, HandoffReport, Op, Outgoing, Placement,
-    KnownMember, PlacementTracker, QuorumFailure, ReadKeys, RecordKey, RecordRpc, RecordValue, Reply, Request, RpcError,
+    BlockRpc, Coordinator, FetchBlock, FileOp, FileOutcome, Handoff, HandoffReport, KnownMember, Op, Outgoing,
+    Placement, PlacementTracker, QuorumFailure, ReadKeys, RecordKey, RecordRpc, RecordValue, Reply, Request, RpcError,
     WriteQuorum, replica,
 };
 use shoal_storage::{BlockHash, DirRecord, FileMeta, MemStore, NodeId, RecordUpdate, Store, Version};
@@ -1088,8 +1088,15 @@ impl Sim {
                     result.map(|()| (Vec::new(), blocks, more))
                 }
                 HandoffCursor::Done => {
-                    let (pushed, failed) = (task.pushed, task.failed);
-                    self.data_run(index).handoff = None;
+                    let (pushed, failed, placement) = (task.pushed, task.failed, task.placement.clone());
+                    let run = self.data_run(index);
+                    run.handoff = None;
+                    if failed == 0 {
+                        run.tracker.handoff_finished();
+                    } else {
+                        // As the driver does: run it again (here at once; the network decides).
+                        self.start_handoff(index, placement);
+                    }
                     self.record_action(format_args!("hand-off {index} done: {pushed} pushed, {failed} failed"));
                     return;
                 }

@@ -213,7 +213,7 @@ pub struct FileOp {
 impl FileOp {
     fn start(coordinator: Arc<Coordinator>, placement: Arc<Placement>, task: Task, keys: Vec<RecordKey>) -> FileOp {
         let read = ReadKeys::new(&placement, keys);
-        FileOp {
+        let mut op = FileOp {
             coordinator,
             placement,
             task,
@@ -221,7 +221,11 @@ impl FileOp {
             pending: None,
             outcome: None,
             decided: false,
-        }
+        };
+        // A read of no keys (`mkdir /`) is decided already; no operation that needs a clock
+        // reading to go on reads no keys, so time 0 is never used for a version.
+        op.advance(0, 0);
+        op
     }
 
     fn finish(&mut self, outcome: Result<FileOutcome, FileError>) {

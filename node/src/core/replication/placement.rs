@@ -126,6 +126,13 @@ impl Placement {
     }
 }
 
+/// The capacity a member's virtual nodes follow: rounded down to a power of two, so the ring
+/// moves when a member's capacity really changes (a disk added), not every time its free
+/// space drifts by a few bytes.
+fn stable_capacity(capacity_bytes: u64) -> u64 {
+    if capacity_bytes == 0 { 0 } else { 1 << (63 - capacity_bytes.leading_zeros()) }
+}
+
 /// A member as the placement remembers it, across restarts too (the driver persists these):
 /// a node restarted alone still knows the cluster it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -165,6 +172,8 @@ pub struct PlacementTracker {
     current: Arc<Placement>,
     /// When the last change happened.
     changed_ms: u64,
+    /// Whether this node finished handing off for the transition in progress.
+    handed_off: bool,
 }
 
 impl PlacementTracker {
@@ -190,16 +199,12 @@ impl PlacementTracker {
             members: Vec::new(),
             current: Arc::new(Placement::alone(this, quorum)),
             changed_ms: now_ms,
+            handed_off: true,
         };
         let members = tracker.ring_members(now_ms);
         if members.len() > 1 || members.first().is_some_and(|m| m.node_id != this.0) {
-            tracker.current = Arc::new(Placement::new(
-                this,
-                quorum,
-                Ring::new(members.clone(), quorum.n),
-                None,
-                tracker.known.len(),
-            ));
+            tracker.current =
+                Arc::new(Placement::new(this, quorum, Ring::new(members.clone(), quorum.n), None, tracker.known.len()));
             tracker.members = members;
         }
         tracker
@@ -208,6 +213,13 @@ impl PlacementTracker {
     /// The placement in force.
     pub fn placement(&self) -> Arc<Placement> {
         self.current.clone()
+    }
+
+    /// Records that this node has given everything it holds to the owners the current ring
+    /// added: the transition may end once its time is also up. (A hand-off that failed must
+    /// be run again instead.)
+    pub fn handoff_finished(&mut self) {
+        self.handed_off = true;
     }
 
     /// Every member remembered, for persisting.
@@ -229,7 +241,7 @@ impl PlacementTracker {
             .map(|known| RingMember {
                 node_id: known.member.node_id,
                 zone: known.member.zone.clone(),
-                capacity_bytes: known.member.capacity_bytes,
+                capacity_bytes: stable_capacity(known.member.capacity_bytes),
             })
             .collect()
     }
@@ -272,9 +284,16 @@ impl PlacementTracker {
             return None;
         }
         if members != self.members {
-            let previous = (!self.members.is_empty()).then(|| self.current.ring().clone());
+            // A change during a transition keeps the ring from before the transition began:
+            // data acknowledged then is still only guaranteed there, and the hand-off for the
+            // new ring must give the new owners everything that moved since.
+            let previous = match &self.current.previous {
+                Some(older) => Some(older.clone()),
+                None => (!self.members.is_empty()).then(|| self.current.ring().clone()),
+            };
             self.members = members.clone();
             self.changed_ms = now_ms;
+            self.handed_off = previous.is_none();
             self.current = Arc::new(Placement::new(
                 self.this,
                 self.quorum,
@@ -285,8 +304,9 @@ impl PlacementTracker {
             return Some(self.current.clone());
         }
         let known = self.known.len();
-        let transition_over =
-            self.current.in_transition() && now_ms.saturating_sub(self.changed_ms) >= self.transition_ms;
+        let transition_over = self.current.in_transition()
+            && self.handed_off
+            && now_ms.saturating_sub(self.changed_ms) >= self.transition_ms;
         if transition_over || known != self.current.members_known {
             let previous = if transition_over { None } else { self.current.previous.clone() };
             self.current =
@@ -317,7 +337,7 @@ mod tests {
                 generation: 1,
                 version: 0,
                 zone: "z".into(),
-                capacity_bytes: 1,
+                capacity_bytes: (1 << 40) + i as u64,
                 http_addr: addr,
                 rpc_addr: addr,
                 status: RecordStatus::Active,
@@ -345,6 +365,7 @@ mod tests {
         let moved = moved.expect("a fourth member takes over some keys");
         assert_eq!(grown.owner_sets(&moved)[0].len(), 3);
         assert!(tracker.update(500, &views(1..=4)).is_none(), "still settling");
+        tracker.handoff_finished();
         let settled = tracker.update(1_010, &views(1..=4)).expect("transition over");
         assert!(!settled.in_transition());
         assert_eq!(settled.owner_sets(&moved).len(), 1);
@@ -384,6 +405,32 @@ mod tests {
         let placement = after.update(60_002, &leaving).expect("four back, one left");
         assert_eq!(placement.ring().members().len(), 4);
         assert_eq!(after.known().len(), 4);
+    }
+
+    #[test]
+    fn free_space_drifting_is_not_a_ring_change_and_a_transition_waits_for_the_hand_off() {
+        let mut tracker = tracker(Vec::new());
+        tracker.update(0, &views(1..=3));
+        let grown = tracker.update(10, &views(1..=4)).expect("a fourth member");
+        assert!(grown.in_transition());
+        let mut drifted = views(1..=4);
+        if let Some(record) = drifted[1].record.as_mut() {
+            record.capacity_bytes += 4096;
+        }
+        assert!(tracker.update(500, &drifted).is_none(), "a few bytes of free space are not a new ring");
+        assert!(tracker.update(5_000, &drifted).is_none(), "time is up, but the hand-off is not done");
+        tracker.handoff_finished();
+        assert!(!tracker.update(5_001, &drifted).expect("now it ends").in_transition());
+    }
+
+    #[test]
+    fn a_second_change_during_a_transition_keeps_the_ring_from_before_it() {
+        let mut tracker = tracker(Vec::new());
+        tracker.update(0, &views(1..=3));
+        let first = tracker.update(10, &views(1..=4)).expect("a fourth member");
+        let second = tracker.update(20, &views(1..=5)).expect("a fifth member");
+        let original = Ring::new(first.previous.clone().expect("previous").members().to_vec(), 3);
+        assert_eq!(second.previous.as_ref().expect("still in transition").members(), original.members());
     }
 
     #[test]

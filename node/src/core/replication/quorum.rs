@@ -1,7 +1,7 @@
 //! The building blocks of every replicated operation: a quorum read of record keys, a quorum
 //! write, a block fetch with fallback. Each is a sans-IO [`Op`].
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use shoal_storage::{BlockHash, NodeId, RecordUpdate};
@@ -88,6 +88,9 @@ fn union(sets: &[Vec<NodeId>]) -> Vec<NodeId> {
     sets.iter().flatten().copied().filter(|node| seen.insert(*node)).collect()
 }
 
+/// Owner sets, each with how many of its members must answer.
+type OwnerSets = Vec<(Vec<NodeId>, usize)>;
+
 /// Whether `answered` holds the needed number of members of every set.
 fn quorum_met(sets: &[(Vec<NodeId>, usize)], answered: &HashSet<NodeId>) -> bool {
     sets.iter().all(|(set, need)| set.iter().filter(|node| answered.contains(node)).count() >= *need)
@@ -103,7 +106,7 @@ fn owners(sets: &[(Vec<NodeId>, usize)]) -> Vec<NodeId> {
 #[derive(Debug)]
 struct KeyRead {
     key: RecordKey,
-    sets: Vec<(Vec<NodeId>, usize)>,
+    sets: OwnerSets,
     answers: Vec<(NodeId, RecordValue)>,
     failures: Vec<(NodeId, String)>,
     timed_out: bool,
@@ -161,6 +164,8 @@ impl ReadKeys {
                 outstanding: owners.len(),
             });
         }
+        // Nothing to read (the root's lineage) is decided at once.
+        read.decide();
         read
     }
 
@@ -262,7 +267,7 @@ impl Op for ReadKeys {
 #[derive(Debug)]
 pub struct WriteQuorum {
     /// For each key group, its owner sets with the acknowledgements each needs.
-    groups: Vec<Vec<(Vec<NodeId>, usize)>>,
+    groups: Vec<OwnerSets>,
     sender: Sender,
     tokens: HashMap<u64, NodeId>,
     acks: HashSet<NodeId>,
@@ -292,32 +297,25 @@ impl WriteQuorum {
     /// one request, applied atomically there.
     pub fn records(placement: &Placement, updates: Vec<RecordUpdate>) -> WriteQuorum {
         let mut write = WriteQuorum::empty();
-        let mut per_node: Vec<(NodeId, Vec<RecordUpdate>)> = Vec::new();
-        let mut groups: Vec<(Vec<u8>, Vec<(Vec<NodeId>, usize)>)> = Vec::new();
+        let mut per_node: BTreeMap<NodeId, Vec<RecordUpdate>> = BTreeMap::new();
+        let mut groups: BTreeMap<Vec<u8>, OwnerSets> = BTreeMap::new();
         for update in updates {
             let key = match &update {
-                RecordUpdate::File(path, _) | RecordUpdate::Dir(path, _) => path.as_bytes().to_vec(),
+                RecordUpdate::File(path, _) | RecordUpdate::Dir(path, _) => path.as_bytes(),
             };
-            let sets = match groups.iter().find(|(k, _)| *k == key) {
-                Some((_, sets)) => sets.clone(),
-                None => {
-                    let sets = placement.quorum_sets(&key, placement.quorum().w);
-                    groups.push((key, sets.clone()));
-                    sets
-                }
-            };
+            let sets =
+                groups.entry(key.to_vec()).or_insert_with(|| placement.quorum_sets(key, placement.quorum().w)).clone();
             for node in owners(&sets) {
-                match per_node.iter_mut().find(|(n, _)| *n == node) {
-                    Some((_, list)) => list.push(update.clone()),
-                    None => per_node.push((node, vec![update.clone()])),
-                }
+                per_node.entry(node).or_default().push(update.clone());
             }
         }
-        write.groups = groups.into_iter().map(|(_, sets)| sets).collect();
+        write.groups = groups.into_values().collect();
         for (node, updates) in per_node {
             let token = write.sender.send(node, Request::Record(RecordRpc::Merge(updates)));
             write.tokens.insert(token, node);
         }
+        // Nothing to write is done at once.
+        write.decide();
         write
     }
 

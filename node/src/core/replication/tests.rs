@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use shoal_membership::{Ring, RingMember};
-use shoal_storage::{BlockHash, EntryKind, MemStore, NodeId, Store, StoreError};
+use shoal_storage::{BlockHash, EntryKind, MemStore, NodeId, Store};
 
 use super::*;
 use crate::core::files::{FileError, FileStat, ReadPlan, Upload};
@@ -29,7 +29,10 @@ impl Harness {
         Harness {
             cluster: LocalCluster::new(nodes.iter().map(|n| (*n, Arc::new(MemStore::new(capacity_bytes))))),
             coordinators: nodes.iter().map(|n| Coordinator::new(*n, BLOCK)).collect(),
-            placements: nodes.iter().map(|n| Arc::new(Placement::new(*n, quorum, ring.clone(), None, count as usize))).collect(),
+            placements: nodes
+                .iter()
+                .map(|n| Arc::new(Placement::new(*n, quorum, ring.clone(), None, count as usize)))
+                .collect(),
             nodes,
         }
     }
@@ -319,7 +322,6 @@ fn a_write_that_reached_some_owners_is_in_doubt_not_failed() {
     let upload = h.prepared(0, "/f", b"content").expect("prepare");
     h.cluster.set_down(h.nodes[1], true);
     h.cluster.set_down(h.nodes[2], true);
-    let _ = &mut h;
     let commit = h.coordinators[0].commit(h.placements[0].clone(), upload, None);
     // The read stage cannot reach R, so nothing was written: a definite failure.
     assert!(matches!(h.run(commit, 5), Err(FileError::Unavailable(_))));
@@ -370,7 +372,14 @@ fn a_store_error_on_a_replica_is_a_refusal_not_a_panic() {
         Request::Block(BlockRpc::Put { hash: BlockHash::of(b"x"), bytes: Bytes::from_static(b"y") }),
     );
     assert_eq!(reply, Reply::Refused(Refusal::HashMismatch));
-    let _ = StoreError::Poisoned;
+}
+
+#[test]
+fn mkdir_of_the_root_and_an_empty_write_finish_at_once() {
+    let h = Harness::three();
+    assert!(!h.mkdir(0, "/", 1).expect("the root always exists"));
+    let nothing = WriteQuorum::records(&h.placements[0], Vec::new());
+    assert_eq!(h.cluster.run(1, nothing), Ok(()));
 }
 
 #[test]
