@@ -73,16 +73,19 @@ impl RecordValue {
     }
 
     /// The write that brings a replica holding `self` up to `merged` for `key`, if it lacks
-    /// anything (read repair).
-    pub fn repair_to(&self, key: &RecordKey, merged: &RecordValue) -> Option<RecordUpdate> {
+    /// anything written at or before `settled_hlc` (read repair). Newer writes are left
+    /// alone: they are most likely still on their way to that replica (a write is answered
+    /// after W of N owners, the others follow), and repairing them would double the writes of
+    /// a busy cluster for nothing.
+    pub fn repair_to(&self, key: &RecordKey, merged: &RecordValue, settled_hlc: u64) -> Option<RecordUpdate> {
         if self.clone().merge(merged.clone()) == *self {
             return None;
         }
         match (key, merged) {
-            (RecordKey::File(path), RecordValue::File(Some(record))) => {
+            (RecordKey::File(path), RecordValue::File(Some(record))) if record.version.hlc <= settled_hlc => {
                 Some(RecordUpdate::File(path.clone(), record.clone()))
             }
-            (RecordKey::Entry { dir, name }, RecordValue::Entry(Some(entry))) => {
+            (RecordKey::Entry { dir, name }, RecordValue::Entry(Some(entry))) if entry.version.hlc <= settled_hlc => {
                 Some(RecordUpdate::Dir(dir.clone(), DirRecord { children: [(name.clone(), *entry)].into() }))
             }
             (RecordKey::Dir(dir), RecordValue::Dir(Some(record))) => {
@@ -95,9 +98,10 @@ impl RecordValue {
                     .children
                     .iter()
                     .filter(|(name, entry)| have.get(*name).is_none_or(|mine| mine < *entry))
+                    .filter(|(_, entry)| entry.version.hlc <= settled_hlc)
                     .map(|(name, entry)| (name.clone(), *entry))
-                    .collect();
-                Some(RecordUpdate::Dir(dir.clone(), DirRecord { children }))
+                    .collect::<std::collections::BTreeMap<_, _>>();
+                (!children.is_empty()).then(|| RecordUpdate::Dir(dir.clone(), DirRecord { children }))
             }
             _ => None,
         }

@@ -88,6 +88,10 @@ fn union(sets: &[Vec<NodeId>]) -> Vec<NodeId> {
     sets.iter().flatten().copied().filter(|node| seen.insert(*node)).collect()
 }
 
+/// Read repair leaves alone writes younger than this (by the reader's clock): they are
+/// probably still on their way to the replica that lacks them.
+const REPAIR_SETTLE_US: u64 = 1_000_000;
+
 /// Owner sets, each with how many of its members must answer.
 type OwnerSets = Vec<(Vec<NodeId>, usize)>;
 
@@ -201,11 +205,15 @@ impl ReadKeys {
         self.outcome = Some(Ok(values));
     }
 
-    fn repair(&mut self, index: usize) {
+    fn repair(&mut self, index: usize, now_us: u64) {
         let key = &self.keys[index];
         let Some(merged) = key.merged() else { return };
-        let repairs: Vec<(NodeId, RecordUpdate)> =
-            key.answers.iter().filter_map(|(node, held)| Some((*node, held.repair_to(&key.key, &merged)?))).collect();
+        let settled = now_us.saturating_sub(REPAIR_SETTLE_US);
+        let repairs: Vec<(NodeId, RecordUpdate)> = key
+            .answers
+            .iter()
+            .filter_map(|(node, held)| Some((*node, held.repair_to(&key.key, &merged, settled)?)))
+            .collect();
         for (node, update) in repairs {
             let token = self.sender.send(node, Request::Record(RecordRpc::Merge(vec![update])));
             self.tokens.insert(token, None);
@@ -221,7 +229,7 @@ impl Op for ReadKeys {
         self.sender.queue.pop_front()
     }
 
-    fn handle_reply(&mut self, _now_us: u64, token: u64, reply: Result<Reply, RpcError>) {
+    fn handle_reply(&mut self, now_us: u64, token: u64, reply: Result<Reply, RpcError>) {
         let Some(target) = self.tokens.remove(&token) else { return };
         self.sender.answered();
         let Some((index, node)) = target else {
@@ -245,7 +253,7 @@ impl Op for ReadKeys {
         let complete = key.outstanding == 0;
         self.decide();
         if complete {
-            self.repair(index);
+            self.repair(index, now_us);
         }
     }
 

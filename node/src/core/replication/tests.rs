@@ -11,6 +11,8 @@ use super::*;
 use crate::core::files::{FileError, FileStat, ReadPlan, Upload};
 
 const BLOCK: u32 = 4;
+/// The clock reading of reads in these tests.
+const READ_AT_US: u64 = 1 << 40;
 
 struct Harness {
     cluster: LocalCluster<MemStore>,
@@ -77,7 +79,9 @@ impl Harness {
     }
 
     fn stat(&self, via: usize, path: &str) -> Result<FileStat, FileError> {
-        match self.run(self.coordinators[via].stat(self.placements[via].clone(), path), 0)? {
+        // Reads happen long after the writes (whose clocks are small numbers), so read repair
+        // considers every write settled.
+        match self.run(self.coordinators[via].stat(self.placements[via].clone(), path), READ_AT_US)? {
             FileOutcome::File(stat) => Ok(stat),
             other => panic!("stat answers with the file, not {other:?}"),
         }
@@ -431,4 +435,17 @@ fn after_a_join_the_hand_off_lets_the_new_ring_alone_serve_every_file() {
             h.cluster.set_down(*old, false);
         }
     }
+}
+
+#[test]
+fn read_repair_leaves_writes_younger_than_a_second_to_arrive_on_their_own() {
+    let mut h = Harness::three();
+    h.cluster.set_down(h.nodes[2], true);
+    let written = h.put(0, "/f", b"fresh", 5_000_000).expect("put");
+    h.cluster.set_down(h.nodes[2], false);
+    let stat = |now_us| h.cluster.run(now_us, h.coordinators[1].stat(h.placements[1].clone(), "/f").expect("op"));
+    stat(5_500_000).expect("read half a second later");
+    assert!(h.stat_via_store(2, "/f").is_none(), "a write half a second old is not repaired");
+    stat(6_500_000).expect("read a second and a half later");
+    assert_eq!(h.stat_via_store(2, "/f").map(|record| record.version), Some(written.version), "now it is");
 }
