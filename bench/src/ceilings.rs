@@ -150,3 +150,40 @@ pub fn blake3_one_thread(mib: usize, chunk: &[u8]) -> f64 {
     std::hint::black_box(hasher.finalize());
     mib_per_sec((mib * MIB) as u64, start.elapsed())
 }
+
+/// `threads` threads each append `size`-byte records to a file of their own, `fdatasync`ing
+/// after every one, for `duration`. Returns durable appends per second, all threads together:
+/// the rate at which this disk makes small writes durable when nothing batches them (what a
+/// journal's fsync costs; fjall's group commit can share one fsync among many writes). The
+/// files are removed afterwards.
+pub fn small_durable_writes(dir: &Path, threads: usize, size: usize, duration: Duration) -> anyhow::Result<f64> {
+    let root = dir.join(format!("ceiling-small-{threads}"));
+    std::fs::create_dir_all(&root)?;
+    let record = vec![0x5au8; size];
+    let start = Instant::now();
+    let total = std::thread::scope(|scope| -> anyhow::Result<u64> {
+        let workers: Vec<_> = (0..threads)
+            .map(|thread| {
+                let (root, record) = (&root, &record);
+                scope.spawn(move || -> anyhow::Result<u64> {
+                    let mut file = File::create(root.join(format!("{thread}")))?;
+                    let mut done = 0u64;
+                    while start.elapsed() < duration {
+                        file.write_all(record)?;
+                        file.sync_data()?;
+                        done += 1;
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for worker in workers {
+            total += worker.join().map_err(|_| anyhow::anyhow!("a writer thread panicked"))??;
+        }
+        Ok(total)
+    })?;
+    let elapsed = start.elapsed();
+    std::fs::remove_dir_all(&root)?;
+    Ok(total as f64 / elapsed.as_secs_f64().max(1e-9))
+}

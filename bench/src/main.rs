@@ -5,6 +5,8 @@
 //! ```text
 //! CARGO_TARGET_DIR=... cargo run --release -p shoal-bench -- single-node [--quick]
 //! CARGO_TARGET_DIR=... cargo run --release -p shoal-bench -- membership [--quick]
+//! CARGO_TARGET_DIR=... cargo run --release -p shoal-bench -- cluster [--quick]
+//! CARGO_TARGET_DIR=... cargo run --release -p shoal-bench -- ring [--quick]
 //! ```
 #![forbid(unsafe_code)]
 // A benchmark measures wall time and drives its own tasks: the workspace bans on the clock and
@@ -12,9 +14,11 @@
 #![allow(clippy::disallowed_methods)]
 
 mod ceilings;
+mod cluster;
 mod membership;
 mod procfs;
 mod report;
+mod ring;
 mod workload;
 
 use std::os::unix::fs::MetadataExt;
@@ -50,6 +54,14 @@ enum Command {
     /// bound, false downs under loss, gossip traffic per member (steady and after a healed
     /// partition) and the simulator's speed. Prints a markdown report on stdout.
     Membership(membership::MembershipArgs),
+    /// Three nodes on loopback replicating with N = 3, W = 2, R = 2, requests round robin over
+    /// them: 1 MiB PUTs and cached GETs (throughput, latency, time to first byte) and 1 KiB
+    /// durable PUTs from 16 clients, against the disk and loopback ceilings of the same run;
+    /// then the ring micro-benchmark. Prints a markdown report on stdout, progress on stderr.
+    Cluster(cluster::ClusterArgs),
+    /// The consistent-hash ring in process: ns per preference-list lookup and ms per rebuild at
+    /// 10, 100 and 1,000 members. Prints a markdown report on stdout.
+    Ring(ring::RingArgs),
 }
 
 /// Options of `single-node`.
@@ -167,6 +179,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::SingleNode(args) => runtime.block_on(single_node(args)),
         Command::Membership(args) => membership::run(args),
+        Command::Cluster(args) => runtime.block_on(cluster::run(args)),
+        Command::Ring(args) => ring::run(args),
     }
 }
 

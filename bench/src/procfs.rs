@@ -96,7 +96,7 @@ pub struct PhaseUsage {
     pub name: String,
     /// Wall time.
     pub wall: Duration,
-    /// CPU seconds of the node process.
+    /// CPU seconds of the node process (of every node, for a cluster).
     pub server_cpu_secs: f64,
     /// Of which in the kernel (system time).
     pub server_sys_secs: f64,
@@ -105,7 +105,7 @@ pub struct PhaseUsage {
     /// CPU seconds of everything else on the machine (other processes, kernel threads such as
     /// writeback): a measure of how much the figures were disturbed.
     pub other_cpu_secs: f64,
-    /// Bytes the node caused to be written to disk.
+    /// Bytes the node (every node, for a cluster) caused to be written to disk.
     pub server_write_bytes: u64,
     /// Bytes of payload the phase moved (uploaded or downloaded).
     pub payload_bytes: u64,
@@ -129,7 +129,7 @@ impl PhaseUsage {
 #[derive(Debug)]
 pub struct Meter {
     name: String,
-    server: u32,
+    servers: Vec<u32>,
     start: Instant,
     server_ticks: (u64, u64),
     bench_ticks: (u64, u64),
@@ -137,24 +137,45 @@ pub struct Meter {
     server_written: u64,
 }
 
+/// User and system ticks of every process in `pids`, summed.
+fn cpu_ticks_sum(pids: &[u32]) -> anyhow::Result<(u64, u64)> {
+    let mut sum = (0, 0);
+    for &pid in pids {
+        let (user, sys) = cpu_ticks(Pid::Of(pid))?;
+        sum = (sum.0 + user, sum.1 + sys);
+    }
+    Ok(sum)
+}
+
+/// `write_bytes` of every process in `pids`, summed.
+fn write_bytes_sum(pids: &[u32]) -> anyhow::Result<u64> {
+    pids.iter().map(|&pid| write_bytes(Pid::Of(pid))).sum()
+}
+
 impl Meter {
     /// Starts measuring a phase of the node `server`.
     pub fn start(name: &str, server: u32) -> anyhow::Result<Self> {
+        Self::start_all(name, &[server])
+    }
+
+    /// Starts measuring a phase of several nodes, whose CPU time and disk writes are summed
+    /// (a cluster on one machine).
+    pub fn start_all(name: &str, servers: &[u32]) -> anyhow::Result<Self> {
         Ok(Self {
             name: name.to_string(),
-            server,
+            servers: servers.to_vec(),
             start: Instant::now(),
-            server_ticks: cpu_ticks(Pid::Of(server))?,
+            server_ticks: cpu_ticks_sum(servers)?,
             bench_ticks: cpu_ticks(Pid::Myself)?,
             machine_ticks: machine_busy_ticks()?,
-            server_written: write_bytes(Pid::Of(server))?,
+            server_written: write_bytes_sum(servers)?,
         })
     }
 
     /// Ends the phase, which moved `payload_bytes` of file content.
     pub fn finish(self, payload_bytes: u64, ticks_per_sec: f64) -> anyhow::Result<PhaseUsage> {
         let wall = self.start.elapsed();
-        let (server_user, server_sys) = cpu_ticks(Pid::Of(self.server))?;
+        let (server_user, server_sys) = cpu_ticks_sum(&self.servers)?;
         let server_user = server_user.saturating_sub(self.server_ticks.0);
         let server_sys = server_sys.saturating_sub(self.server_ticks.1);
         let server = server_user + server_sys;
@@ -169,7 +190,7 @@ impl Meter {
             server_sys_secs: server_sys as f64 / ticks_per_sec,
             bench_cpu_secs: bench as f64 / ticks_per_sec,
             other_cpu_secs: other as f64 / ticks_per_sec,
-            server_write_bytes: write_bytes(Pid::Of(self.server))?.saturating_sub(self.server_written),
+            server_write_bytes: write_bytes_sum(&self.servers)?.saturating_sub(self.server_written),
             payload_bytes,
         })
     }

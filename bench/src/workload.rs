@@ -50,7 +50,7 @@ pub fn make_files(base: &[u8], dir: &str, first_stamp: u64, count: usize) -> Vec
 }
 
 /// The body of a PUT: the file as a stream of 1 MiB slices of the buffer (no copies).
-fn body_stream(data: Bytes) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+pub fn body_stream(data: Bytes) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     let chunks: Vec<std::io::Result<Bytes>> =
         (0..data.len().div_ceil(MIB)).map(|i| Ok(data.slice(i * MIB..((i + 1) * MIB).min(data.len())))).collect();
     futures_util::stream::iter(chunks)
