@@ -496,6 +496,12 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     eprintln!("shoal binary: {} (after {:.0} s)", binary.display(), started.elapsed().as_secs_f64());
     let started = Instant::now();
     eprintln!("plan: {plan:?}; node args: {:?}", args.node_arg);
+    // The target directory may be shared with other checkouts: say which binary ran.
+    let built = std::fs::metadata(&binary)
+        .and_then(|meta| meta.modified())
+        .map(|time| format!("{:.0} s before the run", time.elapsed().unwrap_or_default().as_secs_f64()))
+        .unwrap_or_else(|err| format!("unknown ({err})"));
+    report.note(format!("shoal binary: {} (written {built})", binary.display()));
     report.note(machine_line());
     report.note(format!("load average at start: {}", crate::load_average()));
 
