@@ -16,8 +16,6 @@ use std::ops::RangeInclusive;
 
 use hashring::{DefaultHashBuilder, HashRing};
 
-use crate::{MemberState, MemberView};
-
 /// Virtual nodes of a member of median capacity. 512 keeps the largest of ten equal members'
 /// shares within about 10 % of the mean.
 pub const VNODES_PER_MEDIAN_MEMBER: u32 = 512;
@@ -189,29 +187,6 @@ impl Ring {
     }
 }
 
-/// The members a ring should be built from: everyone alive, suspect or leaving; members SWIM
-/// declared down until they have been down for `evict_after_ms` (so a flapping node or a short
-/// partition moves no data); never members that left. Members whose record has not arrived
-/// yet are left out: their zone and capacity are unknown.
-pub fn ring_members(views: &[MemberView], now_ms: u64, evict_after_ms: u64) -> Vec<RingMember> {
-    views
-        .iter()
-        .filter(|view| match view.state {
-            MemberState::Alive | MemberState::Suspect | MemberState::Leaving => true,
-            MemberState::Down => now_ms.saturating_sub(view.state_since_ms) < evict_after_ms,
-            MemberState::Left => false,
-        })
-        .filter_map(|view| {
-            let record = view.record.as_ref()?;
-            Some(RingMember {
-                node_id: view.identity.node_id,
-                zone: record.zone.clone(),
-                capacity_bytes: record.capacity_bytes,
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod share_tests {
     use super::*;
@@ -381,38 +356,5 @@ mod tests {
             let owns = ring.owners(&key).any(|m| m.node_id == me);
             assert_eq!(owns, in_ranges(Ring::token_of(&key)));
         }
-    }
-
-    #[test]
-    fn down_members_stay_until_evicted_and_left_members_go_at_once() {
-        use crate::{MemberRecord, NodeIdentity, RecordStatus};
-        let view = |node_id: u128, state, since| MemberView {
-            identity: NodeIdentity { node_id, addr: "127.0.0.1:1".parse().expect("addr"), generation: 1 },
-            state,
-            record: Some(MemberRecord {
-                node_id,
-                generation: 1,
-                version: 0,
-                zone: "z".into(),
-                capacity_bytes: 1,
-                http_addr: "127.0.0.1:2".parse().expect("addr"),
-                rpc_addr: "127.0.0.1:1".parse().expect("addr"),
-                status: RecordStatus::Active,
-                disk_used_bytes: 0,
-            }),
-            state_since_ms: since,
-        };
-        let mut no_record = view(6, MemberState::Alive, 0);
-        no_record.record = None;
-        let views = [
-            view(1, MemberState::Alive, 0),
-            view(2, MemberState::Suspect, 0),
-            view(3, MemberState::Down, 9_000),
-            view(4, MemberState::Down, 1_000),
-            view(5, MemberState::Left, 9_900),
-            no_record,
-        ];
-        let ids: Vec<u128> = ring_members(&views, 10_000, 5_000).iter().map(|m| m.node_id).collect();
-        assert_eq!(ids, [1, 2, 3]);
     }
 }

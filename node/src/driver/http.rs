@@ -277,10 +277,7 @@ async fn store_block(
         Ok(()) => Ok((index, hash)),
         // No record names the block yet, so whatever copies landed are invisible orphans:
         // the file's write failed, it is not in doubt.
-        Err(failure) => Err(match coordinator::write_failed(failure) {
-            FileError::InDoubt(detail) => FileError::Unavailable(detail),
-            other => other,
-        }),
+        Err(failure) => Err(coordinator::block_write_failed(failure)),
     }
 }
 

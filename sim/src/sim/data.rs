@@ -34,7 +34,7 @@ use shoal_node::core::files::{FileError, Upload};
 use shoal_node::core::replication::{
     BlockRpc, Coordinator, FetchBlock, FileOp, FileOutcome, Handoff, HandoffReport, KnownMember, Op, Outgoing,
     Placement, PlacementTracker, QuorumFailure, ReadKeys, RecordKey, RecordRpc, RecordValue, Reply, Request, RpcError,
-    WriteQuorum, replica,
+    WriteQuorum, coordinator, replica,
 };
 use shoal_storage::{BlockHash, DirRecord, FileMeta, MemStore, NodeId, RecordUpdate, Store, Version};
 
@@ -922,8 +922,8 @@ impl Sim {
                 }
                 // Without all its blocks the record is never written: certainly no effect.
                 Err(failure) => {
-                    let outcome = Outcome::Failed(format!("block {part} not stored: {}", failure.detail));
-                    self.finish_client(id, outcome)
+                    let err = coordinator::block_write_failed(failure);
+                    self.finish_client(id, Outcome::Failed(format!("block {part} not stored: {err}")))
                 }
             },
             (Stage::Commit, AnyOutput::File(result)) => {

@@ -426,6 +426,16 @@ fn read_failed(failure: QuorumFailure) -> FileError {
     FileError::Unavailable(failure.detail)
 }
 
+/// The error a failed block write of an upload is for the client. Never in doubt: no record
+/// names the block yet, so whatever copies landed are invisible orphans and the file's write
+/// certainly failed.
+pub fn block_write_failed(failure: QuorumFailure) -> FileError {
+    match write_failed(failure) {
+        FileError::InDoubt(detail) => FileError::Unavailable(detail),
+        other => other,
+    }
+}
+
 /// The error a failed write quorum is for the client.
 pub fn write_failed(failure: QuorumFailure) -> FileError {
     if failure.in_doubt {

@@ -356,6 +356,31 @@ mod tests {
     }
 
     #[test]
+    fn the_ring_holds_alive_suspect_and_recently_down_members_never_those_that_left_or_have_no_record() {
+        let mut tracker = tracker(Vec::new());
+        let mut down_recently = view(3, MemberState::Down);
+        down_recently.state_since_ms = 50_000;
+        let mut down_long = view(4, MemberState::Down);
+        down_long.state_since_ms = 1_000;
+        let mut no_record = view(6, MemberState::Alive);
+        no_record.record = None;
+        let views = vec![
+            view(1, MemberState::Alive),
+            view(2, MemberState::Suspect),
+            down_recently,
+            down_long,
+            view(5, MemberState::Left),
+            no_record,
+        ];
+        let placement = tracker.update(70_000, &views).expect("a ring");
+        let mut ids: Vec<u128> = placement.ring().members().iter().map(|m| m.node_id).collect();
+        ids.sort_unstable();
+        let mut expected = vec![id(1), id(2), id(3)];
+        expected.sort_unstable();
+        assert_eq!(ids, expected);
+    }
+
+    #[test]
     fn a_ring_change_keeps_the_previous_owners_for_the_transition_then_drops_them() {
         let mut tracker = tracker(Vec::new());
         tracker.update(0, &views(1..=3)).expect("first ring");

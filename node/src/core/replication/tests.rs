@@ -63,7 +63,7 @@ impl Harness {
         blocks.extend(upload.finish());
         for (index, block) in blocks {
             let (hash, write) = coordinator.put_block(&self.placements[via], block);
-            self.cluster.run(0, write).map_err(coordinator::write_failed)?;
+            self.cluster.run(0, write).map_err(coordinator::block_write_failed)?;
             upload.block_stored(index, hash);
         }
         Ok(upload)
@@ -313,9 +313,10 @@ fn with_two_owners_down_a_write_is_not_acknowledged() {
     h.put(0, "/f", b"first", 10).expect("put");
     h.cluster.set_down(h.nodes[1], true);
     h.cluster.set_down(h.nodes[2], true);
-    // The blocks reach one owner only: not a write quorum, and it may have landed.
+    // The blocks reach one owner only: not a write quorum, and no record names them, so the
+    // file's write certainly failed.
     let refused = h.put(0, "/f", b"second", 20);
-    assert!(matches!(refused, Err(FileError::Unavailable(_) | FileError::InDoubt(_))), "{refused:?}");
+    assert!(matches!(refused, Err(FileError::Unavailable(_))), "{refused:?}");
     assert!(matches!(h.stat(0, "/f"), Err(FileError::Unavailable(_))), "nor can a read reach R = 2");
 }
 
