@@ -493,6 +493,12 @@ mod tests {
     }
 
     impl TestServer {
+        /// A new client's call is still served (the server survived what came before).
+        async fn assert_serves_a_fresh_client(&self) {
+            let absent = get(BlockHash::of(b"absent"));
+            assert_eq!(client(limits()).call(self.addr, absent).await, Ok(Reply::Block(None)));
+        }
+
         async fn start(limits: RpcLimits) -> TestServer {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -591,8 +597,7 @@ mod tests {
             raw.write_all(&frames).await.unwrap();
             assert!(closed_by_peer(&mut raw).await);
             assert_eq!(server.rejected("malformed"), 2);
-            let absent = get(BlockHash::of(b"absent"));
-            assert_eq!(client(limits()).call(server.addr, absent).await, Ok(Reply::Block(None)));
+            server.assert_serves_a_fresh_client().await;
             server.stop().await;
         })
         .await
@@ -606,8 +611,7 @@ mod tests {
             raw.write_all(&[0xff, 0xff, 0xff, 0xff, 0]).await.unwrap();
             assert!(closed_by_peer(&mut raw).await);
             assert_eq!(server.rejected("oversized"), 1);
-            let absent = get(BlockHash::of(b"absent"));
-            assert_eq!(client(limits()).call(server.addr, absent).await, Ok(Reply::Block(None)));
+            server.assert_serves_a_fresh_client().await;
             server.stop().await;
         })
         .await
@@ -641,8 +645,7 @@ mod tests {
             };
             tokio::join!(send, closed);
             assert_eq!(server.rejected("oversized"), 1);
-            let absent = get(BlockHash::of(b"absent"));
-            assert_eq!(client(limits()).call(server.addr, absent).await, Ok(Reply::Block(None)));
+            server.assert_serves_a_fresh_client().await;
             server.stop().await;
         })
         .await
