@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use shoal_membership::Preset;
 
-/// Smallest block size accepted: below this, per-block overhead dominates.
-pub const BLOCK_SIZE_BYTES_MIN: u32 = 4 * 1024;
-/// Largest block size accepted: a block is held in memory whole while it is hashed and stored.
-pub const BLOCK_SIZE_BYTES_MAX: u32 = 64 * 1024 * 1024;
+pub use shoal_core::{BLOCK_SIZE_BYTES_MAX, BLOCK_SIZE_BYTES_MIN};
 
 /// Most bytes of blocks one upload may hold in memory.
 pub const UPLOAD_BYTES_MAX: u64 = 512 * 1024 * 1024;

@@ -6,7 +6,9 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod core;
 pub mod dev;
 pub mod driver;
-pub mod wire;
+
+/// The sans-IO core, its own crate so the simulator builds without the driver.
+pub use shoal_core as core;
+pub use shoal_core::wire;

@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use shoal_membership::{MembershipConfig, Preset};
-use shoal_node::core::replication::Quorum;
+use shoal_core::replication::Quorum;
 
 /// Settings of one simulation run. Everything that shapes the run is here (or is derived from
 /// `seed`), so printing this struct is enough to replay the run.

@@ -3,7 +3,7 @@
 //! GET and DELETE files through any node.
 //!
 //! The simulator is the driver here, doing what the tokio driver does (and what
-//! [`LocalCluster`](shoal_node::core::replication::LocalCluster) does synchronously): it sends
+//! [`LocalCluster`](shoal_core::replication::LocalCluster) does synchronously): it sends
 //! every request an operation queues, answers every token exactly once (the reply, or a
 //! timeout, whichever comes first), and serves requests with [`replica::serve`]. Only the
 //! core of `shoal-node` is used; nothing here touches tokio.
@@ -30,8 +30,8 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use shoal_membership::MemberState;
-use shoal_node::core::files::{FileError, Upload};
-use shoal_node::core::replication::{
+use shoal_core::files::{FileError, Upload};
+use shoal_core::replication::{
     BlockRpc, Coordinator, FetchBlock, FileOp, FileOutcome, Handoff, HandoffReport, KnownMember, Op, Outgoing,
     Placement, PlacementTracker, QuorumFailure, ReadKeys, RecordKey, RecordRpc, RecordValue, Reply, Request, RpcError,
     WriteQuorum, coordinator, replica,

@@ -1,7 +1,7 @@
 //! Framing of node-to-node RPC messages (ARCHITECTURE §8): pure and incremental, no IO.
 //!
-//! A message (one [`Request`](crate::core::replication::Request) or one
-//! [`Reply`](crate::core::replication::Reply)) is its bincode 2 encoding, cut into frames:
+//! A message (one [`Request`](crate::replication::Request) or one
+//! [`Reply`](crate::replication::Reply)) is its bincode 2 encoding, cut into frames:
 //!
 //! ```text
 //! frame   = length:u32 (big-endian, payload bytes) | flags:u8 | payload:[u8; length]
@@ -34,7 +34,7 @@ pub const FRAME_PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
 pub const FRAME_BYTES_MAX: usize = FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX;
 
 /// Bytes of one encoded message at most: the largest block
-/// ([`BLOCK_SIZE_BYTES_MAX`](crate::config::BLOCK_SIZE_BYTES_MAX)) plus room for the message
+/// ([`BLOCK_SIZE_BYTES_MAX`](crate::BLOCK_SIZE_BYTES_MAX)) plus room for the message
 /// around it.
 pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024 + 64 * 1024;
 
@@ -321,7 +321,7 @@ mod tests {
     use shoal_storage::{BlockHash, DirEntry, DirRecord, EntryKind, FileRecord, NodeId, RecordUpdate, Version};
 
     use super::*;
-    use crate::core::replication::{BlockRpc, RecordKey, RecordRpc, RecordValue, Reply, Request};
+    use crate::replication::{BlockRpc, RecordKey, RecordRpc, RecordValue, Reply, Request};
 
     /// Bytes of `len` that differ from frame to frame, cheaper to make than random ones.
     fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -11,9 +11,9 @@ use shoal_storage::{BlockHash, DirEntry, DirRecord, EntryKind, FileMeta, FileRec
 use super::messages::{RecordKey, RecordValue, Reply, RpcError};
 use super::placement::Placement;
 use super::quorum::{FetchBlock, Op, Outgoing, QuorumFailure, ReadKeys, WriteQuorum};
-use crate::core::files::{FileError, FileStat, Listed, Upload};
-use crate::core::hlc::Hlc;
-use crate::core::path::ShoalPath;
+use crate::files::{FileError, FileStat, Listed, Upload};
+use crate::hlc::Hlc;
+use crate::path::ShoalPath;
 
 /// What every operation coordinated by one node shares: its id, its clock, its block size.
 #[derive(Debug)]

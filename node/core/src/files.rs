@@ -10,7 +10,6 @@ use super::path::{PathError, ShoalPath};
 
 /// Why a file operation failed. Every variant leaves the store as it was, except where noted.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum FileError {
     /// The path is malformed.
     #[error("invalid path: {0}")]

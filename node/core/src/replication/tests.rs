@@ -8,7 +8,7 @@ use shoal_membership::{Ring, RingMember};
 use shoal_storage::{BlockHash, EntryKind, MemStore, NodeId, Store};
 
 use super::*;
-use crate::core::files::{FileError, FileStat, ReadPlan, Upload};
+use crate::files::{FileError, FileStat, ReadPlan, Upload};
 
 const BLOCK: u32 = 4;
 /// The clock reading of reads in these tests.
@@ -116,7 +116,7 @@ impl Harness {
         }
     }
 
-    fn list(&self, via: usize, path: &str) -> Result<Vec<crate::core::files::Listed>, FileError> {
+    fn list(&self, via: usize, path: &str) -> Result<Vec<crate::files::Listed>, FileError> {
         match self.run(self.coordinators[via].list(self.placements[via].clone(), path), 0)? {
             FileOutcome::Listing(listing) => Ok(listing),
             other => panic!("list answers with a listing, not {other:?}"),
