@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use shoal_membership::{MembershipConfig, Preset};
-use shoal_core::replication::Quorum;
+use shoal_core::node::CoreConfig;
 
 /// Settings of one simulation run. Everything that shapes the run is here (or is derived from
 /// `seed`), so printing this struct is enough to replay the run.
@@ -47,26 +47,13 @@ pub struct SimConfig {
     pub replication: Option<ReplicationConfig>,
 }
 
-/// How the simulated nodes replicate (ARCHITECTURE §5, §6), and how their RPCs behave.
+/// How the simulated nodes replicate (ARCHITECTURE §5, §6): the node core's own settings,
+/// and what only the simulator has (store size, clock skew).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReplicationConfig {
-    /// Copies and quorum sizes; N = 3, W = 2, R = 2 as in production.
-    pub quorum: Quorum,
-    /// Block size the coordinators cut files into. Small (4 KiB) so a file of a few KiB
-    /// spans several blocks.
-    pub block_size_bytes: u32,
-    /// How long a member marked `down` stays in the ring before its ranges move (production:
-    /// 10 minutes).
-    pub evict_after: Duration,
-    /// How long after a ring change the previous owners are still written to and read from
-    /// (production: 60 s).
-    pub transition: Duration,
-    /// How long a coordinator waits for a replica's answer before it counts the request as
-    /// timed out (in doubt).
-    pub rpc_timeout: Duration,
-    /// How often each node feeds its membership view to its placement, besides after every
-    /// event its membership handles (the tokio driver: every 200 ms).
-    pub placement_refresh: Duration,
+    /// Every setting of each node's core, as the `shoal` binary takes them: quorums, block
+    /// size, timeouts, eviction, transitions, hand-off batching and retry.
+    pub core: CoreConfig,
     /// Room for blocks in each node's store.
     pub store_capacity_bytes: u64,
     /// Each node's wall clock is off by a random amount in `[-clock_skew_max, +clock_skew_max]`
@@ -76,15 +63,11 @@ pub struct ReplicationConfig {
 }
 
 impl Default for ReplicationConfig {
-    /// Production quorums and timings, 4 KiB blocks, 2 s RPC timeout, no clock skew.
+    /// The production core settings but for 4 KiB blocks (so a file of a few KiB spans several
+    /// blocks) and a 2 s RPC timeout; 1 GiB stores, no clock skew.
     fn default() -> Self {
         Self {
-            quorum: Quorum::DEFAULT,
-            block_size_bytes: 4096,
-            evict_after: Duration::from_secs(600),
-            transition: Duration::from_secs(60),
-            rpc_timeout: Duration::from_secs(2),
-            placement_refresh: Duration::from_millis(200),
+            core: CoreConfig { block_size_bytes: 4096, rpc_timeout: Duration::from_secs(2), ..CoreConfig::default() },
             store_capacity_bytes: 1 << 30,
             clock_skew_max: Duration::ZERO,
         }
@@ -94,28 +77,27 @@ impl Default for ReplicationConfig {
 impl ReplicationConfig {
     /// Panics on settings that cannot be simulated.
     pub fn validate(&self) {
-        let q = self.quorum;
-        assert!(q.n > 0 && q.w > 0 && q.r > 0, "quorum sizes must be positive");
-        assert!(q.w <= q.n && q.r <= q.n, "quorums cannot exceed the replication factor");
-        assert!(self.block_size_bytes > 0, "block_size_bytes must be positive");
-        assert!(!self.rpc_timeout.is_zero(), "rpc_timeout must be positive");
-        assert!(!self.placement_refresh.is_zero(), "placement_refresh must be positive");
+        if let Err(why) = self.core.validate() {
+            panic!("invalid core settings: {why}");
+        }
         assert!(self.clock_skew_max < Duration::from_secs(1 << 30), "clock_skew_max is absurd");
     }
 }
 
 impl fmt::Display for ReplicationConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let core = &self.core;
         write!(
             f,
-            "N={} W={} R={} block={}B evict_after={}s transition={}s rpc_timeout={}ms skew_max={}s",
-            self.quorum.n,
-            self.quorum.w,
-            self.quorum.r,
-            self.block_size_bytes,
-            self.evict_after.as_secs_f64(),
-            self.transition.as_secs_f64(),
-            self.rpc_timeout.as_millis(),
+            "N={} W={} R={} block={}B evict_after={}s transition={}s rpc_timeout={}ms handoff_retry={}s skew_max={}s",
+            core.quorum.n,
+            core.quorum.w,
+            core.quorum.r,
+            core.block_size_bytes,
+            core.evict_after.as_secs_f64(),
+            core.transition.as_secs_f64(),
+            core.rpc_timeout.as_millis(),
+            core.handoff_retry_pause.as_secs_f64(),
             self.clock_skew_max.as_secs_f64()
         )
     }

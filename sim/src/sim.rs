@@ -1,5 +1,6 @@
 //! The event loop: a virtual clock, a queue of events, the simulated network and the nodes.
 
+mod clients;
 mod data;
 
 use std::cmp::Ordering;
@@ -102,7 +103,7 @@ enum EventKind {
     Timer { node: usize, epoch: u64, timer: TimerEvent },
     /// The linger after `leave` ends for node `node`'s run `epoch`.
     Stop { node: usize, epoch: u64 },
-    /// Replication traffic, placement refreshes and client operations (the data plane).
+    /// Replication traffic, node-core timeouts and client operations (the data plane).
     Data(DataEvent),
 }
 
@@ -673,7 +674,7 @@ impl Sim {
                 }
                 membership.handle_packet(now_ms, from, &bytes);
                 self.drain(to);
-                self.refresh_placement(to);
+                self.feed_view(to);
             }
             EventKind::Timer { node, epoch, timer } => {
                 if self.nodes[node].epoch != epoch {
@@ -692,7 +693,7 @@ impl Sim {
                 let _ = write!(HashWriter(&mut self.trace), "{timer:?}");
                 membership.handle_timer(now_ms, timer);
                 self.drain(node);
-                self.refresh_placement(node);
+                self.feed_view(node);
             }
             EventKind::Stop { node, epoch } => {
                 if self.nodes[node].epoch == epoch && self.nodes[node].status == NodeStatus::Leaving {

@@ -259,8 +259,9 @@ fn the_checkers_catch_reads_that_miss_acknowledged_writes_when_quorums_do_not_in
     let mut caught = None;
     for seed in seed..seed + 12 {
         let mut config = SimConfig::new("checker self-test", seed, 5).with_preset(Preset::Lan);
-        config.replication =
-            Some(ReplicationConfig { quorum: Quorum { n: 3, w: 1, r: 1 }, ..ReplicationConfig::default() });
+        let mut replication = ReplicationConfig::default();
+        replication.core.quorum = Quorum { n: 3, w: 1, r: 1 };
+        config.replication = Some(replication);
         let mut sim = Sim::new(config);
         ok(shoal_sim::scenario::start_and_converge(&mut sim));
         sim.start_workload(Workload::default());

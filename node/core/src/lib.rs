@@ -8,6 +8,7 @@
 pub mod chunker;
 pub mod files;
 pub mod hlc;
+pub mod node;
 pub mod path;
 pub mod replication;
 pub mod wire;

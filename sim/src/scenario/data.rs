@@ -35,7 +35,7 @@ fn heal_and_check(sim: &mut Sim, rng: &mut StdRng, keep_down: &[usize]) -> Resul
     }
     sim.wait_for_clients(Duration::from_secs(60))?;
     let converged = sim.wait_for("the views to converge after the heal", RECONVERGE_MAX, Sim::check_converged)?;
-    let transition = sim.config().replication.as_ref().map_or(Duration::ZERO, |r| r.transition);
+    let transition = sim.config().replication.as_ref().map_or(Duration::ZERO, |r| r.core.transition);
     sim.run_for(transition + Duration::from_secs(1));
     sim.check_history()?;
     let running = sim.running_nodes();
@@ -180,11 +180,9 @@ pub(super) fn clock_skew(options: &ScenarioOptions) -> Result<Summary, CheckFail
 /// node crashes for good and is evicted from the ring after `evict_after` (30 s); the ring
 /// changes twice and read-after-write holds throughout.
 pub(super) fn ring_change(options: &ScenarioOptions) -> Result<Summary, CheckFailure> {
-    let replication = ReplicationConfig {
-        evict_after: Duration::from_secs(30),
-        transition: Duration::from_secs(20),
-        ..ReplicationConfig::default()
-    };
+    let mut replication = ReplicationConfig::default();
+    replication.core.evict_after = Duration::from_secs(30);
+    replication.core.transition = Duration::from_secs(20);
     let config = data_config(options, Scenario::RingChange, replication);
     let n = config.nodes;
     assert!(n >= 5, "the scenario needs at least 5 nodes");

@@ -1,0 +1,88 @@
+//! Every setting that shapes a node's behaviour, in one struct that the tokio driver and the
+//! simulator both hand to [`NodeCore`](super::NodeCore): the simulator runs the very policies
+//! that ship, with only the numbers it chooses to change.
+
+use std::time::Duration;
+
+use crate::replication::Quorum;
+
+/// How one node coordinates, serves and follows the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// Replication factor and quorum sizes (N, W, R).
+    pub quorum: Quorum,
+    /// Size of the blocks files are cut into.
+    pub block_size_bytes: u32,
+    /// How long an operation waits for one replica's answer (this node's own store included)
+    /// before it counts the request as timed out: a write then is in doubt, a read asks on.
+    pub rpc_timeout: Duration,
+    /// How long a member that is down or missing from the view stays in the ring before its
+    /// ranges move to others.
+    pub evict_after: Duration,
+    /// How long after a ring change the previous owners are still written to and read from
+    /// (the transition also waits for this node's hand-off to succeed).
+    pub transition: Duration,
+    /// How often the placement re-evaluates the last membership view it was given, so that
+    /// evictions and the end of a transition happen even when the view does not change.
+    pub placement_refresh: Duration,
+    /// Records (file records or directory entries) one hand-off scan reads from the store.
+    pub handoff_records_per_batch: usize,
+    /// Blocks one hand-off batch holds in memory and pushes.
+    pub handoff_blocks_per_batch: usize,
+    /// Pause before a hand-off in which some push failed (or the store failed) runs again.
+    pub handoff_retry_pause: Duration,
+    /// Blocks of one upload being written to their owners at once; the upload takes no more
+    /// content while that many are in flight.
+    pub upload_blocks_in_flight_max: usize,
+    /// Blocks of one read fetched ahead of what the reader has taken.
+    pub download_blocks_ahead_max: usize,
+}
+
+impl Default for CoreConfig {
+    /// Production values: N = 3, W = 2, R = 2, 1 MiB blocks, 5 s RPC timeout, eviction after
+    /// 10 minutes, 60 s transitions, placement re-evaluated every 200 ms, hand-off batches of
+    /// 256 records or 8 blocks retried after 5 s, 4 blocks per upload in flight, 2 read ahead.
+    fn default() -> Self {
+        Self {
+            quorum: Quorum::DEFAULT,
+            block_size_bytes: 1024 * 1024,
+            rpc_timeout: Duration::from_secs(5),
+            evict_after: Duration::from_secs(600),
+            transition: Duration::from_secs(60),
+            placement_refresh: Duration::from_millis(200),
+            handoff_records_per_batch: 256,
+            handoff_blocks_per_batch: 8,
+            handoff_retry_pause: Duration::from_secs(5),
+            upload_blocks_in_flight_max: 4,
+            download_blocks_ahead_max: 2,
+        }
+    }
+}
+
+impl CoreConfig {
+    /// Why these settings cannot run, if they cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        let q = self.quorum;
+        if q.n == 0 || q.w == 0 || q.r == 0 || q.w > q.n || q.r > q.n {
+            return Err(format!("quorum N={} W={} R={} needs 1 <= W, R <= N", q.n, q.w, q.r));
+        }
+        let positive = [
+            ("block_size_bytes", self.block_size_bytes > 0),
+            ("rpc_timeout", !self.rpc_timeout.is_zero()),
+            ("placement_refresh", !self.placement_refresh.is_zero()),
+            ("handoff_records_per_batch", self.handoff_records_per_batch > 0),
+            ("handoff_blocks_per_batch", self.handoff_blocks_per_batch > 0),
+            ("upload_blocks_in_flight_max", self.upload_blocks_in_flight_max > 0),
+            ("download_blocks_ahead_max", self.download_blocks_ahead_max > 0),
+        ];
+        match positive.iter().find(|(_, ok)| !ok) {
+            Some((name, _)) => Err(format!("{name} must be positive")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A duration in whole microseconds (saturating), the unit of the core's clock.
+pub(crate) fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}

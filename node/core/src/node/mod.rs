@@ -1,0 +1,448 @@
+//! One node, whole, as a sans-IO state machine: [`NodeCore`]. The tokio driver and the
+//! simulator each drive one per node and hold no protocol rule of their own
+//! (docs/ARCHITECTURE.md §2).
+
+mod clients;
+mod config;
+mod handoff;
+mod ops;
+mod store_work;
+mod view;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use shoal_storage::{BlockHash, NodeId, Store};
+
+use crate::replication::{Coordinator, KnownMember, Outgoing, Placement, Reply, Request, RpcError};
+
+pub use clients::{Answer, Client, Deleted, Listing, Made, Put, PutProgress, Read, RecordRead, Removed};
+pub use config::CoreConfig;
+pub use store_work::{HandoffCursor, HandoffScan, JobId, ScanBatch, StoreDone, StoreJob, StoreWork};
+
+use clients::ClientState;
+use config::micros;
+use handoff::HandoffTask;
+use ops::{AnyOp, OpId, Purpose, Running};
+use view::ViewState;
+
+/// Names a client operation (an upload, a read, a file operation) of one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientId(u64);
+
+/// Names a request this node sends until its answer (or its failure) comes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(u64);
+
+/// Names a peer's request this node serves until the reply leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerRequestId(u64);
+
+/// A request for another node: send it to `addr` and hand the answer (or why none came) to
+/// [`NodeCore::handle_reply`] under `id`.
+#[derive(Debug)]
+pub struct Transmit {
+    /// Names the request.
+    pub id: MessageId,
+    /// The node it is for.
+    pub to: NodeId,
+    /// Where that node's RPC listens.
+    pub addr: SocketAddr,
+    /// What to ask.
+    pub request: Request,
+}
+
+/// The reply to a peer's request, to send back on the connection it came on.
+#[derive(Debug)]
+pub struct PeerReply {
+    /// The request it answers.
+    pub id: PeerRequestId,
+    /// The answer.
+    pub reply: Reply,
+}
+
+/// Something that happened, for metrics, logs and tests. Nothing needs to act on an event
+/// except [`Event::KnownMembers`], which the driver persists.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The node joined its cluster and coordinates from now on.
+    Ready,
+    /// The placement changed: a ring change, a transition ending, or more members known.
+    PlacementChanged(Arc<Placement>),
+    /// The members the placement remembers changed: persist them, and give them back to
+    /// [`NodeCore::new`] after a restart.
+    KnownMembers(Vec<KnownMember>),
+    /// A hand-off batch was pushed to the new owners.
+    HandoffPushed {
+        /// Pushes sent.
+        pushed: u64,
+        /// Pushes not confirmed durable.
+        failed: u64,
+    },
+    /// A hand-off walk ended: with every push confirmed, or not (it runs again after
+    /// [`CoreConfig::handoff_retry_pause`]).
+    HandoffEnded {
+        /// Pushes sent over the whole walk.
+        pushed: u64,
+        /// Whether every push was confirmed durable.
+        succeeded: bool,
+    },
+    /// An operation sent this many read-repair writes.
+    RepairsSent(u64),
+    /// A request got no answer within [`CoreConfig::rpc_timeout`].
+    Timeout(NodeId),
+    /// A request was for a node whose address this node does not know.
+    Unreachable(NodeId),
+    /// A client write was answered "in doubt".
+    WriteInDoubt,
+    /// No owner served a verified copy of a block a client read.
+    BlockUnavailable(BlockHash),
+}
+
+/// A request in flight and when it times out.
+struct Pending {
+    op: OpId,
+    token: u64,
+    to: NodeId,
+    deadline_us: u64,
+}
+
+/// Why a store job was queued.
+#[derive(Clone, Copy, Debug)]
+enum JobPurpose {
+    /// A request of this node's own operation to its own store.
+    Local(MessageId),
+    /// A peer's request.
+    Peer(PeerRequestId),
+    /// A scan of hand-off `epoch`.
+    Scan { epoch: u64 },
+}
+
+/// The core's timers, ordered by deadline in [`NodeCore::timers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Request `id` has had its time.
+    Rpc(MessageId),
+    /// Re-evaluate the placement against the last view.
+    PlacementRefresh,
+    /// Run hand-off `epoch` again.
+    HandoffRetry { epoch: u64 },
+}
+
+/// What the caller drains after every input.
+#[derive(Default)]
+struct Outputs {
+    transmits: VecDeque<Transmit>,
+    jobs: VecDeque<StoreJob>,
+    peer_replies: VecDeque<PeerReply>,
+    clients: VecDeque<ClientId>,
+    clients_queued: BTreeSet<ClientId>,
+    events: VecDeque<Event>,
+}
+
+/// One Shoal node as a state machine that does no IO: it coordinates clients' file
+/// operations across the owners, serves its peers' requests from its store, follows the
+/// membership (readiness, placement, transitions, eviction) and hands data to new owners
+/// after a ring change.
+///
+/// **Inputs** (each with `now_us`, this node's wall clock in µs since the Unix epoch; every
+/// deadline the core reports is on the same clock):
+/// - a client request: `start_put` (then `push_put` / `end_put`), `start_read`, `start_stat`,
+///   `start_delete`, `start_mkdir`, `start_list`, `start_rmdir`, `start_read_record`; and
+///   [`abandon`](NodeCore::abandon) when the client went away;
+/// - a peer's request: [`handle_peer_request`](NodeCore::handle_peer_request);
+/// - the answer to a request this node sent: [`handle_reply`](NodeCore::handle_reply);
+/// - a store job's result: [`handle_store_done`](NodeCore::handle_store_done);
+/// - a membership change: [`handle_membership`](NodeCore::handle_membership);
+/// - time passing: [`handle_timeout`](NodeCore::handle_timeout).
+///
+/// **Outputs**, drained by the caller after every input, in any order:
+/// [`poll_transmit`](NodeCore::poll_transmit) (requests to send to peers),
+/// [`poll_store_job`](NodeCore::poll_store_job) (work for the local store, to run on a thread
+/// of the caller's choosing), [`poll_peer_reply`](NodeCore::poll_peer_reply),
+/// [`poll_client`](NodeCore::poll_client) (clients with progress to take through their
+/// typed [`Client`] handle), [`poll_event`](NodeCore::poll_event), and
+/// [`poll_timeout`](NodeCore::poll_timeout) (when to call `handle_timeout` next).
+///
+/// **Call order.** Create it with [`NodeCore::new`]; then, from one thread at a time, feed
+/// inputs as they come and drain the outputs after each. Every [`Transmit`] must be answered
+/// exactly once through `handle_reply` (a reply, or the transport's error); answers after the
+/// core's own timeout are ignored. Every [`StoreJob`] must be run and its result handed back.
+/// Dropping the core abandons everything in flight (a crash).
+pub struct NodeCore<S> {
+    this: NodeId,
+    config: CoreConfig,
+    store: Arc<S>,
+    coordinator: Arc<Coordinator>,
+    view: ViewState,
+    ops: BTreeMap<OpId, Running>,
+    next_op: u64,
+    messages: BTreeMap<MessageId, Pending>,
+    next_message: u64,
+    jobs: BTreeMap<JobId, JobPurpose>,
+    next_job: u64,
+    next_peer_request: u64,
+    timers: BTreeSet<(u64, Timer)>,
+    /// Answers to deliver before the input returns (requests no one could be asked).
+    immediate: VecDeque<(MessageId, Result<Reply, RpcError>)>,
+    clients: BTreeMap<ClientId, ClientState>,
+    next_client: u64,
+    handoff: Option<HandoffTask>,
+    handoff_epoch: u64,
+    out: Outputs,
+}
+
+impl<S: Store> NodeCore<S> {
+    /// Node `this` over `store`, placing data by the members `remembered` from its previous
+    /// run (see [`Event::KnownMembers`]). A node started with seeds (`has_seeds`) coordinates
+    /// nothing until it has seen another member alive.
+    pub fn new(
+        now_us: u64,
+        this: NodeId,
+        config: CoreConfig,
+        store: Arc<S>,
+        remembered: Vec<KnownMember>,
+        has_seeds: bool,
+    ) -> NodeCore<S> {
+        assert!(config.validate().is_ok(), "invalid core config: {:?}", config.validate());
+        let view = ViewState::new(now_us, this, &config, remembered, has_seeds);
+        let mut core = NodeCore {
+            this,
+            coordinator: Coordinator::new(this, config.block_size_bytes),
+            config,
+            store,
+            view,
+            ops: BTreeMap::new(),
+            next_op: 0,
+            messages: BTreeMap::new(),
+            next_message: 0,
+            jobs: BTreeMap::new(),
+            next_job: 0,
+            next_peer_request: 0,
+            timers: BTreeSet::new(),
+            immediate: VecDeque::new(),
+            clients: BTreeMap::new(),
+            next_client: 0,
+            handoff: None,
+            handoff_epoch: 0,
+            out: Outputs::default(),
+        };
+        core.arm(now_us + micros(core.config.placement_refresh), Timer::PlacementRefresh);
+        core
+    }
+
+    /// This node's id.
+    pub fn this(&self) -> NodeId {
+        self.this
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// Its store, for the caller to run [`StoreJob`]s on.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The placement in force (before the node is ready too, for status).
+    pub fn placement(&self) -> Arc<Placement> {
+        self.view.placement()
+    }
+
+    /// Whether it coordinates: it has no seeds, or has joined through them.
+    pub fn is_ready(&self) -> bool {
+        self.view.is_ready()
+    }
+
+    /// Operations in flight (client stages, read repair, hand-off batches).
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Read-repair writes sent by operations still in flight (finished ones were reported
+    /// through [`Event::RepairsSent`]).
+    pub fn repairs_in_flight(&self) -> u64 {
+        self.ops.values().map(|running| running.op.repairs_sent()).sum()
+    }
+
+    // ----- inputs ------------------------------------------------------------------------------
+
+    /// A peer asks this node's replica something; the reply comes out of
+    /// [`poll_peer_reply`](NodeCore::poll_peer_reply) under the returned id.
+    pub fn handle_peer_request(&mut self, _now_us: u64, request: Request) -> PeerRequestId {
+        let id = PeerRequestId(self.next_peer_request);
+        self.next_peer_request += 1;
+        self.queue_job(StoreWork::Serve(request), JobPurpose::Peer(id));
+        id
+    }
+
+    /// The answer to request `id` (or the transport's reason there is none).
+    pub fn handle_reply(&mut self, now_us: u64, id: MessageId, reply: Result<Reply, RpcError>) {
+        self.deliver(now_us, id, reply);
+        self.settle(now_us);
+    }
+
+    /// The result of store job `id`.
+    pub fn handle_store_done(&mut self, now_us: u64, id: JobId, done: StoreDone) {
+        let Some(purpose) = self.jobs.remove(&id) else { return };
+        match (purpose, done) {
+            (JobPurpose::Local(message), StoreDone::Served(reply)) => self.deliver(now_us, message, Ok(reply)),
+            (JobPurpose::Peer(id), StoreDone::Served(reply)) => self.out.peer_replies.push_back(PeerReply { id, reply }),
+            (JobPurpose::Scan { epoch }, StoreDone::Scanned(scanned)) => self.handoff_scanned(now_us, epoch, scanned),
+            (purpose, done) => panic!("store job {purpose:?} came back as {done:?}"),
+        }
+        self.settle(now_us);
+    }
+
+    /// Fires every timer due at `now_us`.
+    pub fn handle_timeout(&mut self, now_us: u64) {
+        while let Some(&(deadline, timer)) = self.timers.first() {
+            if deadline > now_us {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Rpc(id) => {
+                    if let Some(pending) = self.messages.get(&id) {
+                        self.out.events.push_back(Event::Timeout(pending.to));
+                    }
+                    self.deliver(now_us, id, Err(RpcError::Timeout));
+                }
+                Timer::PlacementRefresh => {
+                    self.refresh_view(now_us);
+                    self.arm(now_us + micros(self.config.placement_refresh), Timer::PlacementRefresh);
+                }
+                Timer::HandoffRetry { epoch } => self.retry_handoff(now_us, epoch),
+            }
+            self.settle(now_us);
+        }
+    }
+
+    // ----- outputs -----------------------------------------------------------------------------
+
+    /// The next request to send to a peer.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.transmits.pop_front()
+    }
+
+    /// The next piece of work for the local store.
+    pub fn poll_store_job(&mut self) -> Option<StoreJob> {
+        self.out.jobs.pop_front()
+    }
+
+    /// The next reply to a peer's request.
+    pub fn poll_peer_reply(&mut self) -> Option<PeerReply> {
+        self.out.peer_replies.pop_front()
+    }
+
+    /// The next client with progress to take (an answer, a piece of a read, room for more of
+    /// an upload).
+    pub fn poll_client(&mut self) -> Option<ClientId> {
+        let id = self.out.clients.pop_front()?;
+        self.out.clients_queued.remove(&id);
+        Some(id)
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.out.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](NodeCore::handle_timeout) must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.first().map(|&(deadline, _)| deadline)
+    }
+
+    // ----- plumbing ----------------------------------------------------------------------------
+
+    fn arm(&mut self, deadline_us: u64, timer: Timer) {
+        self.timers.insert((deadline_us, timer));
+    }
+
+    fn queue_job(&mut self, work: StoreWork, purpose: JobPurpose) {
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        self.jobs.insert(id, purpose);
+        self.out.jobs.push_back(StoreJob { id, work });
+    }
+
+    fn wake_client(&mut self, id: ClientId) {
+        if self.out.clients_queued.insert(id) {
+            self.out.clients.push_back(id);
+        }
+    }
+
+    /// Starts `op` for `purpose` and sends what it asks.
+    fn start_op(&mut self, now_us: u64, purpose: Purpose, op: AnyOp) -> OpId {
+        let id = OpId(self.next_op);
+        self.next_op += 1;
+        self.ops.insert(id, Running { purpose, op });
+        self.drive(now_us, id);
+        id
+    }
+
+    /// Sends what operation `id` queued, hands its outcome on, and forgets it once finished.
+    fn drive(&mut self, now_us: u64, id: OpId) {
+        let Some(running) = self.ops.get_mut(&id) else { return };
+        let mut requests = Vec::new();
+        while let Some(outgoing) = running.op.poll_request() {
+            requests.push(outgoing);
+        }
+        let outcome = running.op.poll_outcome();
+        let purpose = running.purpose;
+        if running.op.is_finished() {
+            let repairs = running.op.repairs_sent();
+            self.ops.remove(&id);
+            if repairs > 0 {
+                self.out.events.push_back(Event::RepairsSent(repairs));
+            }
+        }
+        for outgoing in requests {
+            self.send(now_us, id, outgoing);
+        }
+        if let Some(outcome) = outcome {
+            match purpose {
+                Purpose::Client { client, part } => self.client_progress(now_us, client, part, outcome),
+                Purpose::Handoff { epoch } => self.handoff_pushed(now_us, epoch, outcome),
+            }
+        }
+    }
+
+    /// Sends one request of operation `op`: to this node's store, to a peer, or nowhere (no
+    /// address known: it fails at once).
+    fn send(&mut self, now_us: u64, op: OpId, outgoing: Outgoing) {
+        let Outgoing { token, to, request } = outgoing;
+        let id = MessageId(self.next_message);
+        self.next_message += 1;
+        let deadline_us = now_us.saturating_add(micros(self.config.rpc_timeout));
+        self.messages.insert(id, Pending { op, token, to, deadline_us });
+        self.arm(deadline_us, Timer::Rpc(id));
+        if to == self.this {
+            self.queue_job(StoreWork::Serve(request), JobPurpose::Local(id));
+        } else if let Some(addr) = self.view.rpc_addr(to) {
+            self.out.transmits.push_back(Transmit { id, to, addr, request });
+        } else {
+            self.out.events.push_back(Event::Unreachable(to));
+            self.immediate.push_back((id, Err(RpcError::Unreachable(format!("no address known for {to}")))));
+        }
+    }
+
+    /// Feeds the first answer of request `id` to its operation; later ones are ignored.
+    fn deliver(&mut self, now_us: u64, id: MessageId, reply: Result<Reply, RpcError>) {
+        let Some(pending) = self.messages.remove(&id) else { return };
+        self.timers.remove(&(pending.deadline_us, Timer::Rpc(id)));
+        let Some(running) = self.ops.get_mut(&pending.op) else { return };
+        running.op.handle_reply(now_us, pending.token, reply);
+        self.drive(now_us, pending.op);
+    }
+
+    /// Delivers the answers decided without asking anyone, until there are none.
+    fn settle(&mut self, now_us: u64) {
+        while let Some((id, reply)) = self.immediate.pop_front() {
+            self.deliver(now_us, id, reply);
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The operations a node runs, in one enum so the node can hold them side by side, and what
+//! each works for.
+
+use bytes::Bytes;
+
+use crate::files::FileError;
+use crate::replication::{
+    FetchBlock, FileOp, FileOutcome, Handoff, HandoffReport, Op, Outgoing, QuorumFailure, ReadKeys, RecordValue, Reply,
+    RpcError, WriteQuorum,
+};
+
+use super::ClientId;
+
+/// Names one operation a node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct OpId(pub(crate) u64);
+
+/// What an operation works for: its outcome goes there.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Purpose {
+    /// Part `part` of client operation `client` (the block, for block writes and fetches).
+    Client { client: ClientId, part: usize },
+    /// A batch of hand-off `epoch`.
+    Handoff { epoch: u64 },
+}
+
+/// An operation in progress.
+pub(crate) struct Running {
+    pub(crate) purpose: Purpose,
+    pub(crate) op: AnyOp,
+}
+
+/// Every kind of operation a node runs.
+pub(crate) enum AnyOp {
+    Block(WriteQuorum),
+    Fetch(FetchBlock),
+    File(FileOp),
+    Read(ReadKeys),
+    Handoff(Handoff),
+}
+
+/// The outcome of an [`AnyOp`], of the matching kind.
+pub(crate) enum AnyOutput {
+    Block(Result<(), QuorumFailure>),
+    Fetch(Result<Bytes, QuorumFailure>),
+    File(Result<FileOutcome, FileError>),
+    Read(Result<Vec<RecordValue>, QuorumFailure>),
+    Handoff(HandoffReport),
+}
+
+impl AnyOp {
+    pub(crate) fn poll_request(&mut self) -> Option<Outgoing> {
+        match self {
+            AnyOp::Block(op) => op.poll_request(),
+            AnyOp::Fetch(op) => op.poll_request(),
+            AnyOp::File(op) => op.poll_request(),
+            AnyOp::Read(op) => op.poll_request(),
+            AnyOp::Handoff(op) => op.poll_request(),
+        }
+    }
+
+    pub(crate) fn handle_reply(&mut self, now_us: u64, token: u64, reply: Result<Reply, RpcError>) {
+        match self {
+            AnyOp::Block(op) => op.handle_reply(now_us, token, reply),
+            AnyOp::Fetch(op) => op.handle_reply(now_us, token, reply),
+            AnyOp::File(op) => op.handle_reply(now_us, token, reply),
+            AnyOp::Read(op) => op.handle_reply(now_us, token, reply),
+            AnyOp::Handoff(op) => op.handle_reply(now_us, token, reply),
+        }
+    }
+
+    pub(crate) fn poll_outcome(&mut self) -> Option<AnyOutput> {
+        match self {
+            AnyOp::Block(op) => op.poll_outcome().map(AnyOutput::Block),
+            AnyOp::Fetch(op) => op.poll_outcome().map(AnyOutput::Fetch),
+            AnyOp::File(op) => op.poll_outcome().map(AnyOutput::File),
+            AnyOp::Read(op) => op.poll_outcome().map(AnyOutput::Read),
+            AnyOp::Handoff(op) => op.poll_outcome().map(AnyOutput::Handoff),
+        }
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        match self {
+            AnyOp::Block(op) => op.is_finished(),
+            AnyOp::Fetch(op) => op.is_finished(),
+            AnyOp::File(op) => op.is_finished(),
+            AnyOp::Read(op) => op.is_finished(),
+            AnyOp::Handoff(op) => op.is_finished(),
+        }
+    }
+
+    pub(crate) fn repairs_sent(&self) -> u64 {
+        match self {
+            AnyOp::Block(op) => op.repairs_sent(),
+            AnyOp::Fetch(op) => op.repairs_sent(),
+            AnyOp::File(op) => op.repairs_sent(),
+            AnyOp::Read(op) => op.repairs_sent(),
+            AnyOp::Handoff(op) => op.repairs_sent(),
+        }
+    }
+}
