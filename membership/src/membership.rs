@@ -136,6 +136,10 @@ pub struct Membership {
     since: HashMap<u128, (MemberState, u64)>,
     left: bool,
     seed_rounds: u64,
+    /// Whether the view changed since [`take_changed`](Membership::take_changed) last said.
+    changed: bool,
+    /// The record book's count of accepted records at that moment.
+    records_seen: u64,
 }
 
 /// Once joined, a member greets the seeds on one retry round in this many times the cluster's
@@ -169,6 +173,8 @@ impl Membership {
             since: HashMap::new(),
             left: false,
             seed_rounds: 0,
+            changed: true,
+            records_seen: 0,
         };
         membership.broadcast_own_record();
         membership.hello_seeds();
@@ -197,6 +203,18 @@ impl Membership {
     /// Counters since start.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Whether the view ([`members`](Membership::members)) may have changed since this was
+    /// last asked: a member came up, went down, restarted or left, a record arrived, or this
+    /// node's own record changed. A suspicion alone is not a change (a suspect member is
+    /// still counted on). Consumers re-read the view only then, instead of polling it.
+    pub fn take_changed(&mut self) -> bool {
+        let records = self.book.accepted();
+        let changed = self.changed || records != self.records_seen;
+        self.changed = false;
+        self.records_seen = records;
+        changed
     }
 
     /// The next effect to carry out, if any.
@@ -298,6 +316,7 @@ impl Membership {
         self.own_record.generation = before.generation;
         self.own_record.version = before.version;
         if self.own_record != before {
+            self.changed = true;
             self.own_record.version += 1;
             self.broadcast_own_record();
             self.drain(now_ms);
@@ -407,6 +426,7 @@ impl Membership {
             self.schedule(after, TimerEvent::Foca(timer));
         }
         while let Some(notification) = self.runtime.to_notify() {
+            self.changed = true;
             match notification {
                 OwnedNotification::MemberUp(id) => {
                     tracing::debug!(member = %id.short_id(), generation = id.generation, "member up");

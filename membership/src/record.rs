@@ -75,6 +75,8 @@ impl foca::Invalidates for RecordKey {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RecordBook {
     inner: Arc<Mutex<BTreeMap<u128, MemberRecord>>>,
+    /// Records accepted so far: tells the membership that its view changed.
+    accepted: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RecordBook {
@@ -90,9 +92,15 @@ impl RecordBook {
             Some(known) if !record.supersedes(known) => false,
             _ => {
                 records.insert(record.node_id, record);
+                self.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 true
             }
         }
+    }
+
+    /// How many records were accepted so far.
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

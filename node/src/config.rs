@@ -240,6 +240,22 @@ impl Config {
         crate::core::replication::Quorum { n: self.replicas, w: self.write_quorum, r: self.read_quorum }
     }
 
+    /// The node core's settings: these, and the core's defaults for the rest (hand-off
+    /// batching and retry, how often the placement is re-evaluated).
+    pub fn core_config(&self) -> shoal_core::node::CoreConfig {
+        use std::time::Duration;
+        shoal_core::node::CoreConfig {
+            quorum: self.quorum(),
+            block_size_bytes: self.block_size_bytes,
+            rpc_timeout: Duration::from_millis(self.rpc_timeout_ms),
+            evict_after: Duration::from_secs(self.evict_after_secs),
+            transition: Duration::from_secs(self.transition_secs),
+            upload_blocks_in_flight_max: self.upload_blocks_in_flight_max,
+            download_blocks_ahead_max: self.download_blocks_ahead_max,
+            ..shoal_core::node::CoreConfig::default()
+        }
+    }
+
     /// The membership settings this config describes.
     pub fn membership_config(&self) -> shoal_membership::MembershipConfig {
         let expected = std::num::NonZeroU32::new(self.expected_members).unwrap_or(std::num::NonZeroU32::MIN);

@@ -4,8 +4,8 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use shoal_membership::{MembershipConfig, Preset};
 use shoal_core::node::CoreConfig;
+use shoal_membership::{MembershipConfig, Preset};
 
 /// Settings of one simulation run. Everything that shapes the run is here (or is derived from
 /// `seed`), so printing this struct is enough to replay the run.

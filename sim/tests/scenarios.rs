@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use shoal_membership::{MemberState, Preset};
 use shoal_core::replication::Quorum;
+use shoal_membership::{MemberState, Preset};
 use shoal_sim::{
     CheckFailure, NetworkConfig, NodeStatus, ReplicationConfig, Scenario, ScenarioOptions, Sim, SimConfig, Workload,
     seed_from_env,

@@ -1,366 +1,390 @@
-//! Carries the replication core's operations: requests to this node go to the local store on
-//! the blocking pool, requests to peers over RPC; every request gets an answer or a failure.
-//! Also follows the membership to keep the placement (ring and transitions) current.
+//! Drives this node's [`NodeCore`]: carries its transmits over RPC, runs its store jobs on
+//! the blocking pool (fjall blocks), delivers its timeouts, feeds it the membership view when
+//! gossip says it changed, and wakes the HTTP handlers whose clients made progress. No
+//! protocol rule lives here: every decision is the core's (docs/ARCHITECTURE.md §2).
+//!
+//! One mutex guards the core; every call into it is short (no IO, no await inside), and the
+//! outputs it queued are drained before the lock is released and carried out after.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use shoal_membership::MemberState;
-use shoal_storage::{FjallStore, NodeId};
-use tokio::sync::oneshot;
+use bytes::Bytes;
+use shoal_membership::MemberView;
+use shoal_storage::{BlockHash, FjallStore, NodeId};
+use tokio::sync::{Notify, oneshot, watch};
 
-use super::gossip::Gossip;
 use super::metrics::Metrics;
-use super::rpc::RpcClient;
-use super::{now_ms, now_us};
-use crate::core::files::FileError;
-use crate::core::replication::{
-    Handoff, KnownMember, Op, Placement, PlacementTracker, Quorum, Reply, Request, RpcError, replica,
+use super::now_us;
+use super::rpc::{Replica, RpcClient};
+use crate::core::files::{FileError, FileStat, ReadPlan};
+use crate::core::node::{
+    Answer, Client, ClientId, CoreConfig, Event, NodeCore, PeerRequestId, Put, PutProgress, Read, StoreJob, Transmit,
 };
-use shoal_storage::{DirRecord, RecordUpdate, Store};
+use crate::core::replication::{KnownMember, Placement, Reply, Request};
 
-/// Records read per hand-off batch.
-const HANDOFF_RECORDS_PER_BATCH: usize = 256;
-/// Wait before running a hand-off again after some pushes failed.
-const HANDOFF_RETRY_PAUSE: Duration = Duration::from_secs(5);
-/// Blocks (held in memory) per hand-off batch.
-const HANDOFF_BLOCKS_PER_BATCH: usize = 8;
-
-/// How often the placement follows the membership view.
-const PLACEMENT_REFRESH: Duration = Duration::from_millis(200);
-
-/// The placement and where to reach each member.
-#[derive(Clone)]
-struct View {
-    placement: Arc<Placement>,
-    rpc_addrs: Arc<HashMap<NodeId, SocketAddr>>,
-    /// Whether this node may coordinate: it has joined the cluster it was pointed at.
-    ready: bool,
-}
-
-/// A handle shared by every request of one node.
+/// A handle on this node's core, shared by every task of the node.
 #[derive(Clone)]
 pub struct Cluster {
-    this: NodeId,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
     store: Arc<FjallStore>,
     rpc: RpcClient,
-    view: Arc<RwLock<View>>,
     metrics: Arc<Metrics>,
+    /// Wakes the timer task when the core's next deadline moved earlier.
+    timer: Notify,
+    /// The members the core remembers, for the task that saves them.
+    known: watch::Sender<Vec<KnownMember>>,
+}
+
+struct State {
+    core: NodeCore<FjallStore>,
+    /// Who waits for each client's progress.
+    wakers: HashMap<ClientId, Arc<Notify>>,
+    /// Where each peer request's reply goes.
+    peers: HashMap<PeerRequestId, oneshot::Sender<Reply>>,
+    /// The deadline the timer task sleeps towards (`u64::MAX`: none).
+    timer_target: u64,
+}
+
+/// What one call into the core left to carry out.
+#[derive(Default)]
+struct Drained {
+    transmits: Vec<Transmit>,
+    jobs: Vec<StoreJob>,
+    replies: Vec<(oneshot::Sender<Reply>, Reply)>,
+    wake: Vec<Arc<Notify>>,
+    events: Vec<Event>,
+    timer_moved: bool,
+}
+
+impl State {
+    fn drain(&mut self) -> Drained {
+        let mut drained = Drained::default();
+        let core = &mut self.core;
+        drained.transmits.extend(std::iter::from_fn(|| core.poll_transmit()));
+        drained.jobs.extend(std::iter::from_fn(|| core.poll_store_job()));
+        while let Some(reply) = core.poll_peer_reply() {
+            if let Some(sender) = self.peers.remove(&reply.id) {
+                drained.replies.push((sender, reply.reply));
+            }
+        }
+        while let Some(client) = core.poll_client() {
+            if let Some(waker) = self.wakers.get(&client) {
+                drained.wake.push(waker.clone());
+            }
+        }
+        drained.events.extend(std::iter::from_fn(|| core.poll_event()));
+        drained.timer_moved = core.poll_timeout().unwrap_or(u64::MAX) < self.timer_target;
+        drained
+    }
 }
 
 impl Cluster {
-    /// A cluster handle for node `this`, alone until [`follow`](Cluster::follow) learns more.
-    /// A node started with seeds refuses to coordinate until it has joined through them.
+    /// Node `this`'s core over `store`, placing data by the members `remembered` from the
+    /// previous run; the members it learns are saved to `members_path`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        config: CoreConfig,
         this: NodeId,
-        quorum: Quorum,
         store: Arc<FjallStore>,
+        remembered: Vec<KnownMember>,
+        has_seeds: bool,
         rpc: RpcClient,
         metrics: Arc<Metrics>,
-        has_seeds: bool,
+        members_path: PathBuf,
     ) -> Cluster {
-        let view = View {
-            placement: Arc::new(Placement::alone(this, quorum)),
-            rpc_addrs: Arc::new(HashMap::new()),
-            ready: !has_seeds,
+        let core = NodeCore::new(now_us(), this, config, store.clone(), remembered.clone(), has_seeds);
+        let state = State { core, wakers: HashMap::new(), peers: HashMap::new(), timer_target: u64::MAX };
+        let (known, saved) = watch::channel(remembered);
+        tokio::spawn(save_known(members_path, saved));
+        let shared = Shared { state: Mutex::new(state), store, rpc, metrics, timer: Notify::new(), known };
+        Cluster { shared: Arc::new(shared) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Calls into the core, then carries out what it queued.
+    fn with<R>(&self, call: impl FnOnce(&mut State) -> R) -> R {
+        let (result, drained) = {
+            let mut state = self.lock();
+            let result = call(&mut state);
+            (result, state.drain())
         };
-        Cluster { this, store, rpc, view: Arc::new(RwLock::new(view)), metrics }
+        self.dispatch(drained);
+        result
     }
 
-    /// The placement requests start under now, or why none can.
-    pub fn placement(&self) -> Result<Arc<Placement>, FileError> {
-        let view = self.view.read().unwrap_or_else(|poison| poison.into_inner());
-        if !view.ready {
-            return Err(FileError::Unavailable("this node has not joined its cluster yet".into()));
-        }
-        Ok(view.placement.clone())
-    }
-
-    /// The placement in force, even before this node joined (for status).
-    pub fn placement_anyway(&self) -> Arc<Placement> {
-        self.view.read().unwrap_or_else(|poison| poison.into_inner()).placement.clone()
-    }
-
-    /// Keeps the placement current with the membership until the gossip task stops. The
-    /// members it knows are saved in `data_dir`, so a restart places data by the cluster this
-    /// node belongs to, not by the few members it has heard from so far.
-    pub async fn follow(
-        self,
-        gossip: Gossip,
-        quorum: Quorum,
-        evict_after_ms: u64,
-        transition_ms: u64,
-        data_dir: std::path::PathBuf,
-    ) {
-        let path = data_dir.join(KNOWN_MEMBERS_FILE);
-        let remembered = match tokio::fs::read(&path).await {
-            Ok(bytes) => serde_json::from_slice::<Vec<KnownMember>>(&bytes).unwrap_or_else(|err| {
-                tracing::warn!(%err, path = %path.display(), "unreadable member list; starting from the view alone");
-                Vec::new()
-            }),
-            Err(_) => Vec::new(),
-        };
-        let mut tracker = PlacementTracker::new(self.this, quorum, transition_ms, evict_after_ms, remembered, now_ms());
-        let mut saved = tracker.known();
-        // The remembered cluster is the placement from the start, before gossip says anything.
-        self.view.write().unwrap_or_else(|poison| poison.into_inner()).placement = tracker.placement();
-        let mut tick = tokio::time::interval(PLACEMENT_REFRESH);
-        // The hand-off in progress and the ring it hands off to; aborted with this task.
-        let mut handoff: Option<(AbortOnDrop, Arc<Placement>)> = None;
-        loop {
-            tick.tick().await;
-            let Some((views, _)) = gossip.members().await else { return };
-            let now = now_ms();
-            let joined = views.iter().any(|view| {
-                view.identity.node_id != self.this.0 && matches!(view.state, MemberState::Alive | MemberState::Suspect)
+    fn dispatch(&self, drained: Drained) {
+        for Transmit { id, addr, request, .. } in drained.transmits {
+            let cluster = self.clone();
+            tokio::spawn(async move {
+                let reply = cluster.shared.rpc.call(addr, request).await;
+                cluster.with(|state| state.core.handle_reply(now_us(), id, reply));
             });
-            // A finished hand-off lets the transition end (once its time is up too); a failed
-            // one runs again, after a pause.
-            if let Some((task, placement)) = handoff.as_mut()
-                && task.0.as_ref().is_some_and(|running| running.is_finished())
-                && let Some(finished) = task.0.take()
-            {
-                if finished.await.unwrap_or(false) {
-                    tracker.handoff_finished();
-                } else {
-                    let retry = self.clone().hand_off(placement.clone(), HANDOFF_RETRY_PAUSE);
-                    task.0 = Some(tokio::spawn(retry));
-                }
-            }
-            let changed = tracker.update(now, &views);
-            let known = tracker.known();
-            let rpc_addrs: HashMap<NodeId, SocketAddr> =
-                known.iter().map(|member| (NodeId(member.node_id), member.rpc_addr)).collect();
-            if known != saved {
-                save_known(&path, &known).await;
-                saved = known;
-            }
-            if let Some(placement) = &changed {
-                let new_ring =
-                    handoff.as_ref().is_none_or(|(_, running)| running.ring().members() != placement.ring().members());
-                if placement.in_transition() && new_ring {
-                    tracing::info!(members = placement.ring().members().len(), "ring changed; handing off");
-                    // Replacing the running hand-off aborts it: the new one covers it.
-                    let task =
-                        AbortOnDrop(Some(tokio::spawn(self.clone().hand_off(placement.clone(), Duration::ZERO))));
-                    handoff = Some((task, placement.clone()));
-                } else if !placement.in_transition() {
-                    tracing::info!(members = placement.ring().members().len(), "ring settled");
-                    handoff = None;
-                }
-            }
-            let mut view = self.view.write().unwrap_or_else(|poison| poison.into_inner());
-            if let Some(placement) = changed {
-                view.placement = placement;
-            }
-            view.rpc_addrs = Arc::new(rpc_addrs);
-            view.ready |= joined;
+        }
+        for job in drained.jobs {
+            let cluster = self.clone();
+            let store = self.shared.store.clone();
+            tokio::task::spawn_blocking(move || {
+                let done = job.work.run(&*store);
+                cluster.with(|state| state.core.handle_store_done(now_us(), job.id, done));
+            });
+        }
+        for (sender, reply) in drained.replies {
+            let _ = sender.send(reply);
+        }
+        for waker in drained.wake {
+            waker.notify_one();
+        }
+        for event in drained.events {
+            self.observe(event);
+        }
+        if drained.timer_moved {
+            self.shared.timer.notify_one();
         }
     }
 
-    /// Gives everything this node holds whose owners changed to its new owners, in bounded
-    /// batches. Returns whether every push was confirmed durable; the caller runs it again if not.
-    async fn hand_off(self, placement: Arc<Placement>, pause: Duration) -> bool {
-        tokio::time::sleep(pause).await;
-        let started = now_ms();
-        let (mut pushed, mut failed) = (0u64, 0u64);
-        let result: Result<(), shoal_storage::StoreError> = async {
-            let mut after: Option<String> = None;
-            loop {
-                let (store, cursor) = (self.store.clone(), after.clone());
-                let batch =
-                    blocking_store(move || store.scan_files(cursor.as_deref(), HANDOFF_RECORDS_PER_BATCH)).await?;
-                let full = batch.len() == HANDOFF_RECORDS_PER_BATCH;
-                after = batch.last().map(|(path, _)| path.clone());
-                let updates: Vec<RecordUpdate> = batch
-                    .into_iter()
-                    .filter(|(path, _)| !placement.new_owners(path.as_bytes()).is_empty())
-                    .map(|(path, record)| RecordUpdate::File(path, record))
-                    .collect();
-                let report = self.run(Handoff::new(&placement, updates, Vec::new())).await;
-                (pushed, failed) = (pushed + report.pushed, failed + report.failed);
-                if !full {
-                    break;
-                }
+    fn observe(&self, event: Event) {
+        let metrics = &self.shared.metrics;
+        match event {
+            Event::Ready => tracing::info!("joined the cluster; coordinating requests"),
+            Event::KnownMembers(known) => {
+                self.shared.known.send_replace(known);
             }
-            let mut after: Option<(String, String)> = None;
-            loop {
-                let (store, cursor) = (self.store.clone(), after.clone());
-                let batch = blocking_store(move || {
-                    let cursor = cursor.as_ref().map(|(dir, name)| (dir.as_str(), name.as_str()));
-                    store.scan_dir_entries(cursor, HANDOFF_RECORDS_PER_BATCH)
-                })
-                .await?;
-                let full = batch.len() == HANDOFF_RECORDS_PER_BATCH;
-                after = batch.last().map(|(dir, name, _)| (dir.clone(), name.clone()));
-                let updates: Vec<RecordUpdate> = batch
-                    .into_iter()
-                    .filter(|(dir, _, _)| !placement.new_owners(dir.as_bytes()).is_empty())
-                    .map(|(dir, name, entry)| RecordUpdate::Dir(dir, DirRecord { children: [(name, entry)].into() }))
-                    .collect();
-                let report = self.run(Handoff::new(&placement, updates, Vec::new())).await;
-                (pushed, failed) = (pushed + report.pushed, failed + report.failed);
-                if !full {
-                    break;
-                }
+            Event::PlacementChanged(placement) => {
+                let (members, transition) = (placement.ring().members().len(), placement.in_transition());
+                tracing::debug!(members, transition, "placement changed");
             }
-            let mut after = None;
-            loop {
-                let store = self.store.clone();
-                let placement_for_scan = placement.clone();
-                let (batch, next) = blocking_store(move || {
-                    let mut blocks = Vec::new();
-                    let mut cursor = after;
-                    loop {
-                        let hashes = store.scan_blocks(cursor.as_ref(), HANDOFF_RECORDS_PER_BATCH)?;
-                        let end = hashes.len() < HANDOFF_RECORDS_PER_BATCH;
-                        for hash in hashes {
-                            cursor = Some(hash);
-                            if placement_for_scan.new_owners(&hash.0).is_empty() {
-                                continue;
-                            }
-                            // A corrupt or vanished copy is not handed off; another owner has one.
-                            if let Ok(Some(bytes)) = store.get_block(&hash) {
-                                blocks.push((hash, bytes));
-                            }
-                            if blocks.len() == HANDOFF_BLOCKS_PER_BATCH {
-                                return Ok((blocks, cursor));
-                            }
-                        }
-                        if end {
-                            return Ok((blocks, None));
-                        }
-                    }
-                })
-                .await?;
-                let report = self.run(Handoff::new(&placement, Vec::new(), batch)).await;
-                (pushed, failed) = (pushed + report.pushed, failed + report.failed);
-                match next {
-                    Some(cursor) => after = Some(cursor),
-                    None => break,
-                }
+            Event::RepairsSent(count) => {
+                metrics.read_repairs.inc_by(count);
             }
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                tracing::info!(pushed, failed, took_ms = now_ms() - started, "hand-off after a ring change done");
-                failed == 0
+            Event::WriteInDoubt => {
+                metrics.writes_in_doubt.inc();
             }
-            Err(err) => {
-                tracing::warn!(%err, pushed, failed, "hand-off stopped by a store error");
-                false
+            Event::BlockUnavailable(block) => {
+                metrics.blocks_unavailable.inc();
+                tracing::warn!(%block, "no owner served a verified copy of a block");
             }
+            Event::Timeout(to) => tracing::debug!(%to, "a request timed out"),
+            Event::Unreachable(to) => tracing::debug!(%to, "no address known for a member"),
+            Event::HandoffPushed { .. } | Event::HandoffEnded { .. } => {}
         }
     }
 
-    /// Sends one request and waits for the answer.
-    async fn call(&self, to: NodeId, request: Request) -> Result<Reply, RpcError> {
-        if to == self.this {
-            let store = self.store.clone();
-            return match tokio::task::spawn_blocking(move || replica::serve(&*store, request)).await {
-                Ok(reply) => Ok(reply),
-                Err(join) => std::panic::resume_unwind(join.into_panic()),
-            };
-        }
-        let addr = {
-            let view = self.view.read().unwrap_or_else(|poison| poison.into_inner());
-            view.rpc_addrs.get(&to).copied()
-        };
-        match addr {
-            Some(addr) => self.rpc.call(addr, request).await,
-            None => Err(RpcError::Unreachable(format!("no address known for {to}"))),
-        }
+    /// The placement in force (before this node joined too, for status).
+    pub fn placement(&self) -> Arc<Placement> {
+        self.lock().core.placement()
     }
 
-    /// Runs `op`: returns its outcome as soon as it is decided, and lets it finish (read
-    /// repair, stragglers) in the background.
-    pub async fn run<O>(&self, op: O) -> O::Output
-    where
-        O: Op + 'static,
-        O::Output: Send + 'static,
-    {
-        let (answer, answered) = oneshot::channel();
-        let cluster = self.clone();
-        tokio::spawn(cluster.drive(op, answer));
-        match answered.await {
-            Ok(outcome) => outcome,
-            // The driving task panicked: a bug in the core; it was logged by the panic hook.
-            Err(_) => panic!("an operation ended without an outcome"),
-        }
-    }
-
-    async fn drive<O: Op>(self, mut op: O, answer: oneshot::Sender<O::Output>) {
-        let mut answer = Some(answer);
-        let mut calls = FuturesUnordered::new();
+    /// Delivers the core's timeouts until the task is aborted.
+    pub async fn run_timers(self) {
         loop {
-            while let Some(outgoing) = op.poll_request() {
-                let cluster = self.clone();
-                calls.push(async move { (outgoing.token, cluster.call(outgoing.to, outgoing.request).await) });
-            }
-            if let Some(outcome) = op.poll_outcome()
-                && let Some(answer) = answer.take()
-            {
-                let _ = answer.send(outcome);
-            }
-            if op.is_finished() {
-                break;
-            }
-            let Some((token, reply)) = calls.next().await else {
-                // No request in flight and not finished: a bug in the operation.
-                tracing::error!("an operation stalled with nothing in flight");
-                break;
+            let deadline = {
+                let mut state = self.lock();
+                let deadline = state.core.poll_timeout().unwrap_or(u64::MAX);
+                state.timer_target = deadline;
+                deadline
             };
-            op.handle_reply(now_us(), token, reply);
+            let wait = Duration::from_micros(deadline.saturating_sub(now_us()));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.shared.timer.notified() => continue,
+            }
+            self.with(|state| state.core.handle_timeout(now_us()));
         }
-        self.metrics.read_repairs.inc_by(op.repairs_sent());
+    }
+
+    /// Feeds the core every membership view gossip publishes, until gossip stops.
+    pub async fn follow(self, mut views: watch::Receiver<Vec<MemberView>>) {
+        loop {
+            let view = views.borrow_and_update().clone();
+            self.with(|state| state.core.handle_membership(now_us(), view));
+            if views.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Registers a waker for client `id`, under the same lock that started it.
+    fn register(state: &mut State, id: ClientId) -> Arc<Notify> {
+        let waker = Arc::new(Notify::new());
+        state.wakers.insert(id, waker.clone());
+        waker
+    }
+
+    /// Runs one coordinated file operation to its answer.
+    pub async fn run<T: Answer>(
+        &self,
+        start: impl FnOnce(&mut NodeCore<FjallStore>, u64) -> Result<Client<T>, FileError>,
+    ) -> Result<T, FileError> {
+        let (client, waker) = self.with(|state| {
+            let client = start(&mut state.core, now_us())?;
+            let waker = Cluster::register(state, client.id());
+            Ok::<_, FileError>((client, waker))
+        })?;
+        let _guard = Forget { cluster: self.clone(), id: client.id() };
+        loop {
+            if let Some(answer) = self.with(|state| state.core.take_answer(&client)) {
+                return answer;
+            }
+            waker.notified().await;
+        }
+    }
+
+    /// The live file at `path`.
+    pub async fn stat(&self, path: &str) -> Result<FileStat, FileError> {
+        self.run(|core, now| core.start_stat(now, path)).await
+    }
+
+    /// Starts an upload to `path` (refused at once if this node cannot coordinate).
+    pub fn start_put(&self, path: &str, declared: Option<BlockHash>) -> Result<Upload, FileError> {
+        self.with(|state| {
+            let client = state.core.start_put(now_us(), path, declared)?;
+            let waker = Cluster::register(state, client.id());
+            let guard = Forget { cluster: self.clone(), id: client.id() };
+            Ok(Upload { client, waker, guard })
+        })
+    }
+
+    /// Starts streaming the pieces of `plan`.
+    pub fn start_read(&self, plan: ReadPlan) -> Result<Download, FileError> {
+        self.with(|state| {
+            let client = state.core.start_read(now_us(), plan)?;
+            let waker = Cluster::register(state, client.id());
+            let guard = Forget { cluster: self.clone(), id: client.id() };
+            Ok(Download { client, waker, guard })
+        })
     }
 }
 
-/// A task aborted when its handle is dropped, so it cannot outlive its owner.
-/// (`None` once its result was taken.)
-struct AbortOnDrop(Option<tokio::task::JoinHandle<bool>>);
+impl Replica for Cluster {
+    /// A peer's request, served through the core (which runs it against the store).
+    async fn serve(&self, request: Request) -> Option<Reply> {
+        let (sender, reply) = oneshot::channel();
+        self.with(|state| {
+            let id = state.core.handle_peer_request(now_us(), request);
+            state.peers.insert(id, sender);
+        });
+        reply.await.ok()
+    }
+}
 
-impl Drop for AbortOnDrop {
+/// Forgets a client in the core when its HTTP handler ends, however it ends.
+struct Forget {
+    cluster: Cluster,
+    id: ClientId,
+}
+
+impl Drop for Forget {
     fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
+        let id = self.id;
+        self.cluster.with(|state| {
+            state.wakers.remove(&id);
+            state.core.abandon(id);
+        });
+    }
+}
+
+/// An upload in progress: content goes in as it arrives, at the pace the core takes it.
+pub struct Upload {
+    client: Client<Put>,
+    waker: Arc<Notify>,
+    guard: Forget,
+}
+
+impl Upload {
+    /// Hands `data` to the core once it has room for more (bounded blocks in flight).
+    pub async fn push(&mut self, data: &[u8]) -> Result<(), FileError> {
+        loop {
+            let pushed = self.guard.cluster.with(|state| match state.core.poll_put(&self.client) {
+                PutProgress::Accepting => {
+                    state.core.push_put(now_us(), &self.client, data);
+                    Some(Ok(()))
+                }
+                PutProgress::Busy => None,
+                PutProgress::Finished(Ok(_)) => Some(Err(FileError::Unavailable("the upload ended early".into()))),
+                PutProgress::Finished(Err(err)) => Some(Err(err)),
+            });
+            if let Some(pushed) = pushed {
+                return pushed;
+            }
+            self.waker.notified().await;
+        }
+    }
+
+    /// Ends the content and waits until the file is committed (or why not).
+    pub async fn finish(self) -> Result<FileStat, FileError> {
+        self.guard.cluster.with(|state| state.core.end_put(now_us(), &self.client));
+        loop {
+            let progress = self.guard.cluster.with(|state| state.core.poll_put(&self.client));
+            if let PutProgress::Finished(answer) = progress {
+                return answer;
+            }
+            self.waker.notified().await;
+        }
+    }
+}
+
+/// A read in progress: its pieces, in order, as the core fetches them.
+pub struct Download {
+    client: Client<Read>,
+    waker: Arc<Notify>,
+    guard: Forget,
+}
+
+impl Download {
+    /// The next piece, `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<Bytes, FileError>> {
+        loop {
+            match self.guard.cluster.with(|state| state.core.take_piece(now_us(), &self.client)) {
+                None => self.waker.notified().await,
+                Some(Ok(Some(piece))) => return Some(Ok(piece)),
+                Some(Ok(None)) => return None,
+                Some(Err(err)) => return Some(Err(err)),
+            }
         }
     }
 }
 
 /// The file in the data directory listing the members this node knows.
-const KNOWN_MEMBERS_FILE: &str = "members.json";
+pub const KNOWN_MEMBERS_FILE: &str = "members.json";
 
-/// Saves the known members atomically (temporary file, fsync, rename); a failure is logged and
-/// retried at the next change.
-async fn save_known(path: &std::path::Path, known: &[KnownMember]) {
-    let path = path.to_path_buf();
-    let Ok(bytes) = serde_json::to_vec_pretty(known) else { return };
-    let saved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    })
-    .await;
-    if let Ok(Err(err)) | Err(err) = saved.map_err(std::io::Error::other) {
-        tracing::warn!(%err, "cannot save the member list");
+/// Reads the members saved by a previous run (none if the file is missing or unreadable).
+pub fn load_known(path: &std::path::Path) -> Vec<KnownMember> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+            tracing::warn!(%err, path = %path.display(), "unreadable member list; starting from the view alone");
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
     }
 }
 
-/// Runs a store call on the blocking pool.
-async fn blocking_store<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, shoal_storage::StoreError> + Send + 'static,
-) -> Result<T, shoal_storage::StoreError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result,
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
+/// Saves the known members whenever they change, atomically (temporary file, fsync,
+/// rename); a failure is logged and retried at the next change.
+async fn save_known(path: PathBuf, mut known: watch::Receiver<Vec<KnownMember>>) {
+    while known.changed().await.is_ok() {
+        let Ok(bytes) = serde_json::to_vec_pretty(&*known.borrow_and_update()) else { continue };
+        let path = path.clone();
+        let saved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let tmp = path.with_extension("json.tmp");
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })
+        .await;
+        if let Ok(Err(err)) | Err(err) = saved.map_err(std::io::Error::other) {
+            tracing::warn!(%err, "cannot save the member list");
+        }
     }
 }

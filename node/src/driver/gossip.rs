@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use shoal_membership::{MemberRecord, MemberView, Membership, Output, PACKET_BYTES_MAX, Stats, TimerEvent};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::now_ms;
@@ -57,11 +57,16 @@ impl Ord for Due {
 }
 
 impl Gossip {
-    /// Starts the task on `socket`.
-    pub fn start(socket: UdpSocket, membership: Membership) -> (Gossip, tokio::task::JoinHandle<()>) {
+    /// Starts the task on `socket`. The receiver gets the view every time the membership
+    /// says it changed ([`Membership::take_changed`]), with no polling.
+    pub fn start(
+        socket: UdpSocket,
+        mut membership: Membership,
+    ) -> (Gossip, watch::Receiver<Vec<MemberView>>, tokio::task::JoinHandle<()>) {
         let (inputs, rx) = mpsc::channel(64);
-        let task = tokio::spawn(run(socket, membership, rx));
-        (Gossip { inputs }, task)
+        let (views, changes) = watch::channel(membership.members(now_ms()));
+        let task = tokio::spawn(run(socket, membership, rx, views));
+        (Gossip { inputs }, changes, task)
     }
 
     /// The members as this node sees them, and the gossip counters.
@@ -85,7 +90,12 @@ impl Gossip {
     }
 }
 
-async fn run(socket: UdpSocket, mut membership: Membership, mut inputs: mpsc::Receiver<Input>) {
+async fn run(
+    socket: UdpSocket,
+    mut membership: Membership,
+    mut inputs: mpsc::Receiver<Input>,
+    views: watch::Sender<Vec<MemberView>>,
+) {
     let mut timers: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
     let mut seq = 0u64;
     // One byte more than a packet may be, so an oversized datagram is seen as such (the
@@ -93,6 +103,9 @@ async fn run(socket: UdpSocket, mut membership: Membership, mut inputs: mpsc::Re
     let mut buf = vec![0u8; PACKET_BYTES_MAX + 1];
     let mut stop_at: Option<(Instant, oneshot::Sender<()>)> = None;
     loop {
+        if membership.take_changed() {
+            views.send_replace(membership.members(now_ms()));
+        }
         while let Some(output) = membership.poll_output() {
             match output {
                 Output::Send { to, packet } => {

@@ -1,6 +1,8 @@
-//! The HTTP API (ARCHITECTURE §9) on axum. Bodies stream both ways: an upload holds at most
-//! `upload_blocks_in_flight_max + 1` blocks in memory, a download
-//! `download_blocks_ahead_max + 1`, whatever the file size.
+//! The HTTP API (docs/ARCHITECTURE.md §9) on axum: HTTP in, the node core's client
+//! operations behind. Bodies stream both ways: the core takes an upload's content only while
+//! few enough of its blocks are in flight (`upload_blocks_in_flight_max`) and fetches a
+//! download's blocks a bounded distance ahead (`download_blocks_ahead_max`), whatever the
+//! file size.
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::stream::StreamExt;
 use headers::HeaderMapExt;
 use shoal_storage::{BlockHash, EntryKind, FjallStore, NodeId, Store, StoreError};
 
@@ -22,13 +24,13 @@ use super::metrics::{Metrics, RequestLabels};
 use super::{blocking, now_ms};
 use crate::api::{self, DeleteResult, DirListing, DirListingEntry, ErrorBody, FileInfo, MkdirResult};
 use crate::config::Config;
-use crate::core::files::{FileError, FileStat, Listed, ReadPlan};
-use crate::core::replication::{Coordinator, FileOp, FileOutcome, Placement, Quorum, coordinator};
+use crate::core::files::{FileError, FileStat, ReadPlan};
+use crate::core::node::{Listing, Made, Removed};
+use crate::core::replication::Quorum;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    coordinator: Arc<Coordinator>,
     cluster: Cluster,
     store: Arc<FjallStore>,
     quorum: Quorum,
@@ -36,16 +38,12 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     node_id: NodeId,
     started_ms: u64,
-    upload_blocks_in_flight_max: usize,
-    download_blocks_ahead_max: usize,
     /// One permit per upload being served.
     uploads: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        coordinator: Arc<Coordinator>,
         cluster: Cluster,
         store: Arc<FjallStore>,
         gossip: Gossip,
@@ -55,7 +53,6 @@ impl AppState {
         started_ms: u64,
     ) -> Self {
         Self {
-            coordinator,
             cluster,
             store,
             quorum: config.quorum(),
@@ -63,8 +60,6 @@ impl AppState {
             metrics,
             node_id,
             started_ms,
-            upload_blocks_in_flight_max: config.upload_blocks_in_flight_max,
-            download_blocks_ahead_max: config.download_blocks_ahead_max,
             uploads: Arc::new(tokio::sync::Semaphore::new(config.uploads_in_flight_max)),
         }
     }
@@ -215,108 +210,31 @@ async fn put_file(
                 .ok_or_else(|| ApiError::bad_request(format!("{} must be 64 hex digits", api::HEADER_BLAKE3)))?,
         ),
     };
-    let mut upload = state.coordinator.begin_upload(&path)?;
-    // Refused early if this node cannot coordinate; each block and the commit then take the
-    // placement in force when they start, so an upload outlasting a ring change follows it.
-    state.cluster.placement()?;
-
-    // Blocks go to their owners while the next ones arrive; at most
-    // `upload_blocks_in_flight_max` at once, so memory stays bounded.
-    let mut writes = FuturesOrdered::new();
+    let mut upload = state.cluster.start_put(&path, declared)?;
+    // The core cuts the body into blocks and writes them to their owners while the next
+    // ones arrive, taking more only while few enough are in flight: memory stays bounded.
     let mut body = body.into_data_stream();
-    let mut ended = false;
-    while !ended {
-        let blocks = match body.next().await {
-            Some(Ok(data)) => {
+    while let Some(data) = body.next().await {
+        match data {
+            Ok(data) => {
                 state.metrics.bytes_received.inc_by(data.len() as u64);
-                upload.push(&data)
+                upload.push(&data).await?;
             }
-            Some(Err(err)) => {
+            Err(err) => {
                 state.metrics.uploads_aborted.inc();
-                tracing::info!(path = %upload.path(), received = upload.size(), %err, "upload aborted; nothing stored");
+                tracing::info!(%path, %err, "upload aborted; nothing stored");
                 return Err(ApiError::bad_request(format!("upload body ended early: {err}")));
             }
-            None => {
-                ended = true;
-                upload.finish().into_iter().collect()
-            }
-        };
-        for (index, block) in blocks {
-            if writes.len() >= state.upload_blocks_in_flight_max {
-                let (index, hash) = next_write(&state, &mut writes).await?;
-                upload.block_stored(index, hash);
-            }
-            writes.push_back(store_block(state.clone(), state.cluster.placement()?, index, block));
         }
     }
-    while !writes.is_empty() {
-        let (index, hash) = next_write(&state, &mut writes).await?;
-        upload.block_stored(index, hash);
-    }
-    let op = state.coordinator.commit(state.cluster.placement()?, upload, declared)?;
-    let stat = match run_file_op(&state, op).await? {
-        FileOutcome::File(stat) => stat,
-        other => return Err(unexpected(other)),
-    };
+    let stat = upload.finish().await?;
     tracing::debug!(path = %stat.path, size = stat.meta.size, version = %version_string(&stat), "file stored");
     Ok((StatusCode::CREATED, Json(file_info(&stat))).into_response())
 }
 
-/// Stores one block of an upload on its owners.
-async fn store_block(
-    state: AppState,
-    placement: Arc<Placement>,
-    index: usize,
-    block: bytes::Bytes,
-) -> Result<(usize, BlockHash), FileError> {
-    // Hashing a block takes a while: off the async workers (the upload's running content
-    // hash is updated as the body arrives).
-    let coordinator = state.coordinator.clone();
-    let (hash, write) = blocking(move || Ok(coordinator.put_block(&placement, block))).await?;
-    match state.cluster.run(write).await {
-        Ok(()) => Ok((index, hash)),
-        // No record names the block yet, so whatever copies landed are invisible orphans:
-        // the file's write failed, it is not in doubt.
-        Err(failure) => Err(coordinator::block_write_failed(failure)),
-    }
-}
-
-async fn next_write(
-    state: &AppState,
-    writes: &mut FuturesOrdered<impl Future<Output = Result<(usize, BlockHash), FileError>>>,
-) -> ApiResult<(usize, BlockHash)> {
-    match writes.next().await {
-        Some(Ok(stored)) => Ok(stored),
-        Some(Err(err)) => {
-            if matches!(err, FileError::InDoubt(_)) {
-                state.metrics.writes_in_doubt.inc();
-            }
-            Err(err.into())
-        }
-        None => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no block write pending")),
-    }
-}
-
-/// Runs a file operation across the owners.
-async fn run_file_op(state: &AppState, op: FileOp) -> Result<FileOutcome, FileError> {
-    let outcome = state.cluster.run(op).await;
-    if let Err(FileError::InDoubt(_)) = &outcome {
-        state.metrics.writes_in_doubt.inc();
-    }
-    outcome
-}
-
-fn unexpected(outcome: FileOutcome) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected outcome {outcome:?}"))
-}
-
 /// The live file at `path`, read from a read quorum of its owners.
 async fn stat_file(state: &AppState, path: &str) -> ApiResult<FileStat> {
-    let op = state.coordinator.stat(state.cluster.placement()?, path)?;
-    match run_file_op(state, op).await? {
-        FileOutcome::File(stat) => Ok(stat),
-        other => Err(unexpected(other)),
-    }
+    Ok(state.cluster.stat(path).await?)
 }
 
 /// The byte range a GET asks for: `None` for the whole file (no `Range`, or several ranges,
@@ -393,42 +311,29 @@ async fn get_file(
 /// the client sees as a truncated transfer, never as wrong bytes.
 async fn stream_plan(state: &AppState, plan: ReadPlan) -> ApiResult<Body> {
     let metrics = state.metrics.clone();
-    let placement = state.cluster.placement()?;
-    let fetcher = state.clone();
-    let mut pieces = futures_util::stream::iter(plan.pieces)
-        .map(move |piece| {
-            let state = fetcher.clone();
-            let fetch = state.coordinator.fetch_block(&placement, piece.block);
-            async move {
-                let block = state.cluster.run(fetch).await.map_err(|failure| {
-                    tracing::warn!(block = %piece.block, detail = %failure.detail, "no owner served a verified copy");
-                    FileError::BlockUnavailable(piece.block)
-                })?;
-                if piece.offset + piece.len > block.len() {
-                    return Err(FileError::BlockUnavailable(piece.block));
-                }
-                Ok(block.slice(piece.offset..piece.offset + piece.len))
-            }
-        })
-        .buffered(state.download_blocks_ahead_max)
-        .map(move |fetched| match fetched {
-            Ok(bytes) => {
-                metrics.bytes_sent.inc_by(bytes.len() as u64);
-                Ok(bytes)
-            }
-            Err(err) => {
-                metrics.blocks_unavailable.inc();
-                tracing::error!(%err, "read failed mid-stream; aborting the response");
-                Err(std::io::Error::other(err.to_string()))
-            }
-        });
-    let first = match pieces.next().await {
+    let mut download = state.cluster.start_read(plan)?;
+    let first = match download.next().await {
         None => return Ok(Body::empty()),
         Some(Ok(first)) => first,
-        // Counted in the map above.
         Some(Err(err)) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
     };
-    let stream = futures_util::stream::once(async move { Ok(first) }).chain(pieces);
+    metrics.bytes_sent.inc_by(first.len() as u64);
+    let rest = futures_util::stream::unfold(download, move |mut download| {
+        let metrics = metrics.clone();
+        async move {
+            match download.next().await? {
+                Ok(bytes) => {
+                    metrics.bytes_sent.inc_by(bytes.len() as u64);
+                    Some((Ok(bytes), download))
+                }
+                Err(err) => {
+                    tracing::error!(%err, "read failed mid-stream; aborting the response");
+                    Some((Err(std::io::Error::other(err.to_string())), download))
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(rest);
     Ok(Body::from_stream(stream))
 }
 
@@ -437,8 +342,7 @@ async fn delete_file(
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<DeleteResult>> {
     let path = absolute(path)?;
-    let op = state.coordinator.delete(state.cluster.placement()?, &path)?;
-    run_file_op(&state, op).await?;
+    state.cluster.run(|core, now| core.start_delete(now, &path)).await?;
     Ok(Json(DeleteResult { path, files_deleted: 1 }))
 }
 
@@ -454,11 +358,7 @@ async fn list_dir(
 }
 
 async fn list(state: AppState, path: String) -> ApiResult<Json<DirListing>> {
-    let op = state.coordinator.list(state.cluster.placement()?, &path)?;
-    let listed: Vec<Listed> = match run_file_op(&state, op).await? {
-        FileOutcome::Listing(listed) => listed,
-        other => return Err(unexpected(other)),
-    };
+    let Listing(listed) = state.cluster.run(|core, now| core.start_list(now, &path)).await?;
     let entries = listed
         .into_iter()
         .map(|listed| DirListingEntry {
@@ -476,11 +376,7 @@ async fn list(state: AppState, path: String) -> ApiResult<Json<DirListing>> {
 
 async fn make_dir(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
     let path = absolute(path)?;
-    let op = state.coordinator.mkdir(state.cluster.placement()?, &path)?;
-    let created = match run_file_op(&state, op).await? {
-        FileOutcome::Made(created) => created,
-        other => return Err(unexpected(other)),
-    };
+    let Made(created) = state.cluster.run(|core, now| core.start_mkdir(now, &path)).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(MkdirResult { path, created })).into_response())
 }
@@ -498,11 +394,7 @@ async fn remove_dir(
 ) -> ApiResult<Json<DeleteResult>> {
     let path = absolute(path)?;
     let Query(query) = query.map_err(|err| ApiError::bad_request(err.body_text()))?;
-    let op = state.coordinator.rmdir(state.cluster.placement()?, &path, query.recursive)?;
-    let files_deleted = match run_file_op(&state, op).await? {
-        FileOutcome::Removed(count) => count,
-        other => return Err(unexpected(other)),
-    };
+    let Removed(files_deleted) = state.cluster.run(|core, now| core.start_rmdir(now, &path, query.recursive)).await?;
     Ok(Json(DeleteResult { path, files_deleted }))
 }
 
@@ -513,7 +405,7 @@ async fn status(State(state): State<AppState>) -> ApiResult<Json<api::Status>> {
         .await
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "membership is shutting down"))?;
     let shares: std::collections::HashMap<u128, f64> =
-        state.cluster.placement_anyway().ring().primary_shares().into_iter().collect();
+        state.cluster.placement().ring().primary_shares().into_iter().collect();
     let now = now_ms();
     let members = views
         .into_iter()

@@ -22,7 +22,6 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::core::files::FileError;
-use crate::core::replication::Coordinator;
 
 pub use identity::{load_or_create_node_id, next_generation};
 
@@ -85,7 +84,11 @@ impl Node {
             .await?
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
         let store = Arc::new(store);
-        let coordinator = Coordinator::new(node_id, config.block_size_bytes);
+        let members_path = config.data_dir.join(cluster::KNOWN_MEMBERS_FILE);
+        let remembered = {
+            let path = members_path.clone();
+            tokio::task::spawn_blocking(move || cluster::load_known(&path)).await?
+        };
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
@@ -123,7 +126,7 @@ impl Node {
         let linger = membership_config.foca_config().probe_period * 2;
         let rng = rand::rngs::StdRng::seed_from_u64(rand::rng().random());
         let membership = Membership::new(identity, record, membership_config, seeds, rng);
-        let (gossip, gossip_task) = Gossip::start(socket, membership);
+        let (gossip, views, gossip_task) = Gossip::start(socket, membership);
         let refresher = tokio::spawn(refresh_disk_usage(store.clone(), gossip.clone()));
 
         let metrics = Arc::new(metrics::Metrics::new());
@@ -135,25 +138,20 @@ impl Node {
             connections_max: rpc::CONNECTIONS_MAX,
         };
         let rpc_client = rpc::RpcClient::new(limits, metrics.clone());
-        let quorum = config.quorum();
         let cluster = cluster::Cluster::new(
+            config.core_config(),
             node_id,
-            quorum,
             store.clone(),
+            remembered,
+            !config.seeds.is_empty(),
             rpc_client,
             metrics.clone(),
-            !config.seeds.is_empty(),
+            members_path,
         );
-        let follower = tokio::spawn(cluster.clone().follow(
-            gossip.clone(),
-            quorum,
-            config.evict_after_secs.saturating_mul(1000),
-            config.transition_secs.saturating_mul(1000),
-            config.data_dir.clone(),
-        ));
+        let follower = tokio::spawn(cluster.clone().follow(views));
+        let timers = tokio::spawn(cluster.clone().run_timers());
         let state = http::AppState::new(
-            coordinator,
-            cluster,
+            cluster.clone(),
             store.clone(),
             gossip.clone(),
             metrics.clone(),
@@ -165,7 +163,7 @@ impl Node {
         // Peers keep reaching this node's replica until the very end: other coordinators
         // still count on it while it leaves.
         let (stop_rpc, rpc_stopped) = watch::channel(false);
-        let rpc_server = tokio::spawn(rpc::serve(rpc_listener, store.clone(), limits, metrics, rpc_stopped));
+        let rpc_server = tokio::spawn(rpc::serve(rpc_listener, cluster, limits, metrics, rpc_stopped));
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         tracing::info!(
             node_id = %node_id, generation, %http_addr, %cluster_addr, seeds = ?config.seeds,
@@ -203,6 +201,8 @@ impl Node {
             let _ = refresher.await;
             follower.abort();
             let _ = follower.await;
+            timers.abort();
+            let _ = timers.await;
             if let Err(err) = &served {
                 tracing::error!(%err, "the HTTP server failed; leaving the cluster");
                 leaving.abort();

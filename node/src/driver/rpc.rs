@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use shoal_storage::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -20,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::metrics::{DropLabels, Metrics};
-use crate::core::replication::{Refusal, Reply, Request, RpcError, replica};
+use crate::core::replication::{Refusal, Reply, Request, RpcError};
 use crate::wire::{self, MessageDecoder, WireError};
 
 /// Longest wait for a TCP connection to a peer. A host that is down drops SYNs silently, and
@@ -290,12 +289,19 @@ impl Connection {
     }
 }
 
+/// What serves the requests that arrive: the node's core (which runs them against its
+/// store); `None` if it failed to answer (a bug), and the peer's call is lost.
+pub trait Replica: Clone + Send + Sync + 'static {
+    /// The reply to `request`.
+    fn serve(&self, request: Request) -> impl Future<Output = Option<Reply>> + Send;
+}
+
 /// Serves replica requests on `listener` until `shutdown` turns true (or its sender is
 /// dropped). Then it stops accepting, lets every connection finish the request it is
 /// serving, closes the idle ones, and returns once all have ended.
-pub async fn serve<S: Store>(
+pub async fn serve<R: Replica>(
     listener: TcpListener,
-    store: Arc<S>,
+    replica: R,
     limits: RpcLimits,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
@@ -314,7 +320,7 @@ pub async fn serve<S: Store>(
                         continue;
                     };
                     metrics.rpc_connections_accepted.inc();
-                    let served = serve_connection(stream, peer, store.clone(), limits, metrics.clone(), stop_connections.clone());
+                    let served = serve_connection(stream, peer, replica.clone(), limits, metrics.clone(), stop_connections.clone());
                     connections.spawn(async move {
                         served.await;
                         drop(slot);
@@ -351,10 +357,10 @@ fn log_panic(ended: Result<(), tokio::task::JoinError>) {
 /// Serves one connection: read a request, serve it on the blocking pool, write the reply,
 /// repeat, until the peer closes, sends something invalid, idles too long, or `shutdown`
 /// comes while it is idle.
-async fn serve_connection<S: Store>(
+async fn serve_connection<R: Replica>(
     stream: TcpStream,
     peer: SocketAddr,
-    store: Arc<S>,
+    replica: R,
     limits: RpcLimits,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
@@ -402,14 +408,10 @@ async fn serve_connection<S: Store>(
             Err(err) => return reject(&metrics, peer, &err),
         };
         drop(message);
-        let store = store.clone();
-        let reply = match tokio::task::spawn_blocking(move || replica::serve(&*store, request)).await {
-            Ok(reply) => reply,
-            Err(err) => {
-                // A bug in the replica or the store; the peer gets a lost call.
-                tracing::error!(%peer, %err, "the replica handler failed");
-                return;
-            }
+        let Some(reply) = replica.serve(request).await else {
+            // A bug in the replica or the store; the peer gets a lost call.
+            tracing::error!(%peer, "the replica handler failed");
+            return;
         };
         let Some(reply) = encode_reply(peer, &reply) else {
             return;
@@ -456,7 +458,15 @@ mod tests {
     use tokio::task::JoinHandle;
 
     use super::*;
-    use crate::core::replication::{BlockRpc, RecordKey, RecordRpc, RecordValue};
+    use crate::core::replication::{BlockRpc, RecordKey, RecordRpc, RecordValue, replica};
+
+    /// The tests' replica: the store itself, as the core would serve it.
+    impl Replica for Arc<MemStore> {
+        async fn serve(&self, request: Request) -> Option<Reply> {
+            let store = self.clone();
+            tokio::task::spawn_blocking(move || replica::serve(&*store, request)).await.ok()
+        }
+    }
     use crate::wire::{FRAME_PAYLOAD_BYTES_MAX, FrameHeader, MESSAGE_BYTES_MAX};
 
     /// Longest any test may run: a hang fails the test instead of stalling the suite.

@@ -300,16 +300,21 @@ impl Sim {
         self.data_mut().handles.retain(|(node, _), _| *node != index);
     }
 
-    /// Hands node `index`'s membership view to its core if it changed since the last one (the
-    /// membership's change notification; the core re-evaluates the last view on its own).
+    /// Hands node `index`'s membership view to its core when the membership says it changed
+    /// ([`Membership::take_changed`]); the core re-evaluates the last view on its own timer.
+    ///
+    /// [`Membership::take_changed`]: shoal_membership::Membership::take_changed
     pub(super) fn feed_view(&mut self, index: usize) {
         if self.data.is_none() {
             return;
         }
         let now_ms = self.now_ms();
-        let Some(views) = self.nodes[index].membership.as_mut().map(|membership| membership.members(now_ms)) else {
+        let first = self.data_node(index).fed.is_none();
+        let Some(membership) = self.nodes[index].membership.as_mut() else { return };
+        if !membership.take_changed() && !first {
             return;
-        };
+        }
+        let views = membership.members(now_ms);
         let now = self.wall_clock_us(index);
         let node = self.data_node_mut(index);
         if node.fed.as_ref() == Some(&views) {

@@ -12,7 +12,7 @@ use shoal_storage::{BlockHash, FileRecord, Store, Version};
 use super::ops::{AnyOp, AnyOutput, Purpose};
 use super::{ClientId, Event, NodeCore};
 use crate::files::{FileError, FileStat, Listed, Piece, ReadPlan, Upload};
-use crate::replication::{FileOp, FileOutcome, RecordKey, RecordValue, ReadKeys, coordinator};
+use crate::replication::{FileOp, FileOutcome, ReadKeys, RecordKey, RecordValue, coordinator};
 
 /// A client operation's handle; `T` says what it answers.
 #[derive(Debug)]
@@ -114,8 +114,8 @@ pub(crate) enum ClientState {
 }
 
 pub(crate) struct PutState {
-    /// `None` once committing or failed.
-    upload: Option<Upload>,
+    /// `None` once committing or failed. (It carries a BLAKE3 hasher, kilobytes: boxed.)
+    upload: Option<Box<Upload>>,
     declared: Option<BlockHash>,
     /// Block writes in flight, by block index, with the name of the block.
     writing: BTreeMap<usize, BlockHash>,
@@ -159,7 +159,8 @@ impl<S: Store> NodeCore<S> {
     ) -> Result<Client<Put>, FileError> {
         self.view.for_client()?;
         let upload = self.coordinator.begin_upload(raw_path)?;
-        let state = PutState { upload: Some(upload), declared, writing: BTreeMap::new(), ended: false, answer: None };
+        let state =
+            PutState { upload: Some(Box::new(upload)), declared, writing: BTreeMap::new(), ended: false, answer: None };
         Ok(Client::new(self.new_client(ClientState::Put(state))))
     }
 
@@ -205,7 +206,13 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
-    fn block_written(&mut self, now_us: u64, id: ClientId, index: usize, result: Result<(), crate::replication::QuorumFailure>) {
+    fn block_written(
+        &mut self,
+        now_us: u64,
+        id: ClientId,
+        index: usize,
+        result: Result<(), crate::replication::QuorumFailure>,
+    ) {
         let Some(ClientState::Put(put)) = self.clients.get_mut(&id) else { return };
         let Some(hash) = put.writing.remove(&index) else { return };
         let Some(upload) = put.upload.as_mut() else { return };
@@ -230,7 +237,7 @@ impl<S: Store> NodeCore<S> {
         }
         let Some(upload) = put.upload.take() else { return };
         // The record goes by the placement in force now, which may be newer than its blocks'.
-        match self.coordinator.commit(self.view.placement(), upload, put.declared) {
+        match self.coordinator.commit(self.view.placement(), *upload, put.declared) {
             Ok(op) => {
                 self.start_op(now_us, Purpose::Client { client: id, part: 0 }, AnyOp::File(op));
             }
@@ -292,8 +299,7 @@ impl<S: Store> NodeCore<S> {
     /// operator (or a checker) asks to see what the cluster holds.
     pub fn start_read_record(&mut self, now_us: u64, path: &str) -> Result<Client<RecordRead>, FileError> {
         let key = RecordKey::File(path.to_string());
-        self.start_single(now_us, |_, placement| Ok(AnyOp::Read(ReadKeys::new(&placement, vec![key]))))
-            .map(Client::new)
+        self.start_single(now_us, |_, placement| Ok(AnyOp::Read(ReadKeys::new(&placement, vec![key])))).map(Client::new)
     }
 
     /// The answer of a single operation once decided; it is forgotten once taken.

@@ -290,7 +290,9 @@ impl<S: Store> NodeCore<S> {
         let Some(purpose) = self.jobs.remove(&id) else { return };
         match (purpose, done) {
             (JobPurpose::Local(message), StoreDone::Served(reply)) => self.deliver(now_us, message, Ok(reply)),
-            (JobPurpose::Peer(id), StoreDone::Served(reply)) => self.out.peer_replies.push_back(PeerReply { id, reply }),
+            (JobPurpose::Peer(id), StoreDone::Served(reply)) => {
+                self.out.peer_replies.push_back(PeerReply { id, reply })
+            }
             (JobPurpose::Scan { epoch }, StoreDone::Scanned(scanned)) => self.handoff_scanned(now_us, epoch, scanned),
             (purpose, done) => panic!("store job {purpose:?} came back as {done:?}"),
         }
