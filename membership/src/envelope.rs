@@ -26,6 +26,9 @@ pub(crate) enum Kind {
     RecordRequest = 3,
     /// A member's record, sent directly (bincode `MemberRecord`).
     RecordReply = 4,
+    /// "These are the records I hold" (bincode `Vec<(node id, generation, version)>`, at
+    /// most a few dozen): the receiver answers with its newer ones (record anti-entropy).
+    RecordDigest = 5,
 }
 
 impl Kind {
@@ -36,6 +39,7 @@ impl Kind {
             2 => Kind::HelloReply,
             3 => Kind::RecordRequest,
             4 => Kind::RecordReply,
+            5 => Kind::RecordDigest,
             _ => return None,
         })
     }

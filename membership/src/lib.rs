@@ -1,4 +1,4 @@
-//! Membership for Shoal (ARCHITECTURE §4): SWIM through `foca`, member records as versioned
+//! Membership for Shoal (docs/ARCHITECTURE.md §4): SWIM through `foca`, member records as versioned
 //! custom broadcasts, and a small envelope around every packet that carries the cluster's id
 //! and the seed handshake. Pure logic: no sockets, no clock, no global RNG. The tokio driver
 //! (`shoal-node`) and the simulator (`shoal-sim`) both feed [`Membership`] the same way.

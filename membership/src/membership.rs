@@ -140,6 +140,8 @@ pub struct Membership {
     changed: bool,
     /// The record book's count of accepted records at that moment.
     records_seen: u64,
+    /// Record repair rounds so far: picks each round's digest window and peer.
+    repair_rounds: u64,
 }
 
 /// Once joined, a member greets the seeds on one retry round in this many times the cluster's
@@ -147,6 +149,16 @@ pub struct Membership {
 /// down members after `remove_down_after`), and, because a seed answers a greeting with a full
 /// member list, scaled by the size so the seeds' load stays flat as the cluster grows.
 const JOINED_SEED_ROUND_EVERY: u64 = 10;
+
+/// Records named in one digest (a packet's worth, well under the envelope's limit).
+const DIGEST_ENTRIES_MAX: usize = 24;
+/// Newer records one digest is answered with at most: a digest cannot make a node flood.
+const DIGEST_REPLIES_MAX: usize = 4;
+/// Members an isolated node greets per retry round besides its seeds.
+const ISOLATED_GREETINGS_MAX: usize = 32;
+
+/// A record as a digest names it.
+type DigestEntry = (u128, u64, u64);
 
 impl Membership {
     /// A member with `identity` and `record`, joining through `seeds` (none for the first node
@@ -175,6 +187,7 @@ impl Membership {
             seed_rounds: 0,
             changed: true,
             records_seen: 0,
+            repair_rounds: 0,
         };
         membership.broadcast_own_record();
         membership.hello_seeds();
@@ -265,6 +278,10 @@ impl Membership {
                     self.send(from, Kind::RecordReply, &record);
                 }
             }
+            Kind::RecordDigest => match decode_exact::<Vec<DigestEntry>>(payload) {
+                Ok(digest) if digest.len() <= DIGEST_ENTRIES_MAX => self.answer_digest(from, &digest),
+                _ => self.stats.dropped_malformed += 1,
+            },
             Kind::RecordReply => match decode_exact::<MemberRecord>(payload) {
                 // Only for members foca knows: a reply nobody asked for must not grow the book.
                 Ok(record) if self.foca.iter_membership_state().any(|m| m.id().node_id == record.node_id) => {
@@ -292,6 +309,7 @@ impl Membership {
                         tracing::info!(seeds = ?self.seeds, "not joined yet: no seed answered; asking again");
                     }
                     self.hello_seeds();
+                    self.hello_known_members();
                 } else if !self.left
                     && self.seed_rounds.is_multiple_of(JOINED_SEED_ROUND_EVERY * (self.foca.num_members() as u64 + 1))
                 {
@@ -300,7 +318,9 @@ impl Membership {
                 self.schedule(self.config.seed_retry, TimerEvent::SeedRetry);
             }
             TimerEvent::RecordRepair => {
+                self.forget_departed_records();
                 self.request_missing_records();
+                self.send_digest();
                 self.schedule(self.config.record_repair, TimerEvent::RecordRepair);
             }
         }
@@ -360,6 +380,8 @@ impl Membership {
             .collect();
         others.sort_by_key(|(identity, _, _)| identity.node_id);
         views.extend(others);
+        // Bounded by the members foca keeps (it forgets down ones after `remove_down_after`).
+        self.since.retain(|id, _| views.iter().any(|(identity, _, _)| identity.node_id == *id));
         views
             .into_iter()
             .map(|(identity, state, record)| {
@@ -387,6 +409,77 @@ impl Membership {
         for seed in self.seeds.clone() {
             self.send(seed, Kind::Hello, &[]);
         }
+    }
+
+    /// Greets every member foca still knows (down ones included). foca announces to down
+    /// members only while it has an active one, so a node whose every peer is down in its
+    /// view (after a long partition, with its seeds down) would otherwise stay alone forever.
+    fn hello_known_members(&mut self) {
+        let addrs: Vec<SocketAddr> = self
+            .foca
+            .iter_membership_state()
+            .map(|member| member.id().addr)
+            .filter(|addr| !self.seeds.contains(addr))
+            .take(ISOLATED_GREETINGS_MAX)
+            .collect();
+        for addr in addrs {
+            self.send(addr, Kind::Hello, &[]);
+        }
+    }
+
+    /// Sends one active member a digest of a window of the records this node holds; the
+    /// window moves every round, so over rounds every record is compared. foca forgets to
+    /// gossip about a member once it is down, so without this a node that missed a member's
+    /// later run would show the earlier run's last state (`left`, say) for as long as foca
+    /// keeps it, while everyone else shows the later one.
+    fn send_digest(&mut self) {
+        self.repair_rounds += 1;
+        let members: Vec<SocketAddr> = self.foca.iter_members().map(|member| member.id().addr).collect();
+        if members.is_empty() {
+            return;
+        }
+        let target = members[(self.repair_rounds as usize) % members.len()];
+        let records = self.book.lock();
+        let start = (self.repair_rounds as usize * DIGEST_ENTRIES_MAX) % records.len().max(1);
+        let digest: Vec<DigestEntry> = records
+            .values()
+            .skip(start)
+            .chain(records.values().take(start))
+            .take(DIGEST_ENTRIES_MAX)
+            .map(|record| (record.node_id, record.generation, record.version))
+            .collect();
+        drop(records);
+        if let Ok(payload) = encode(&digest) {
+            self.send(target, Kind::RecordDigest, &payload);
+        }
+    }
+
+    /// Answers a digest with the records this node holds that are newer than those it names.
+    fn answer_digest(&mut self, from: SocketAddr, digest: &[DigestEntry]) {
+        let records = self.book.lock();
+        let newer: Vec<MemberRecord> = digest
+            .iter()
+            .filter_map(|&(node_id, generation, version)| {
+                let held = records.get(&node_id)?;
+                ((held.generation, held.version) > (generation, version)).then(|| held.clone())
+            })
+            .take(DIGEST_REPLIES_MAX)
+            .collect();
+        drop(records);
+        for record in newer {
+            if let Ok(bytes) = encode(&record) {
+                self.send(from, Kind::RecordReply, &bytes);
+            }
+        }
+    }
+
+    /// Drops the records of members foca no longer knows, so the book stays as bounded as
+    /// foca's member list.
+    fn forget_departed_records(&mut self) {
+        let me = self.foca.identity().node_id;
+        let known: std::collections::HashSet<u128> =
+            self.foca.iter_membership_state().map(|member| member.id().node_id).collect();
+        self.book.lock().retain(|id, _| *id == me || known.contains(id));
     }
 
     fn request_missing_records(&mut self) {

@@ -1,4 +1,4 @@
-//! The consistent-hash ring (ARCHITECTURE §5): which members own a key.
+//! The consistent-hash ring (docs/ARCHITECTURE.md §5): which members own a key.
 //!
 //! Every node builds the ring from its own membership view, deterministically: members are
 //! sorted by id, virtual nodes are named by fixed bytes, and hashing is `hashring`'s

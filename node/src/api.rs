@@ -1,4 +1,4 @@
-//! The JSON bodies of the HTTP API (ARCHITECTURE §9), shared by the server and the client.
+//! The JSON bodies of the HTTP API (docs/ARCHITECTURE.md §9), shared by the server and the client.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,5 @@
 //! The Shoal node: the sans-IO core, the tokio driver with its HTTP API, the HTTP client, and
-//! the `shoal` command line (ARCHITECTURE §1).
+//! the `shoal` command line (docs/ARCHITECTURE.md §1).
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -101,6 +101,7 @@ impl Sim {
         let n = self.len();
         let statuses: Vec<NodeStatus> = (0..n).map(|index| self.status(index)).collect();
         let identities: Vec<_> = (0..n).map(|index| self.identity(index)).collect();
+        let generations: Vec<u64> = (0..n).map(|index| self.generation(index)).collect();
         for observer in self.running_nodes() {
             let view = self.view(observer);
             let mut seen: HashMap<usize, &MemberView> = HashMap::with_capacity(view.len());
@@ -128,7 +129,14 @@ impl Sim {
                             && member.record.as_ref().is_some_and(|r| r.generation == member.identity.generation)
                     }),
                     NodeStatus::Leaving => true,
-                    NodeStatus::Crashed => member.is_none_or(|member| member.state == MemberState::Down),
+                    // `left` too, if the run crashed during its leave's linger, or if what the
+                    // observer saw leave was an earlier run: the later run crashed before
+                    // anyone up now heard of it, so nothing better can be known.
+                    NodeStatus::Crashed => member.is_none_or(|member| {
+                        member.state == MemberState::Down
+                            || (member.state == MemberState::Left
+                                && (self.announced_leave(subject) || member.identity.generation < generations[subject]))
+                    }),
                     // `down` is accepted too: a member that missed the leaver's last words
                     // (partitioned away during its linger) is never sent them again; that
                     // is stale but safe, and the `leave` scenario checks `left` itself.
@@ -191,6 +199,24 @@ impl Sim {
             return Ok(self.now() - start);
         }
         let detail = last.map_or_else(String::new, |failure| format!(": still {}", failure.message));
+        // What every view held, for whoever replays the failure (`RUST_LOG=shoal_sim=debug`).
+        for index in 0..self.len() {
+            let (status, generation) = (self.status(index), self.generation(index));
+            for member in self.try_view(index).unwrap_or_default() {
+                let subject = self.index_of(member.identity.node_id);
+                let record = member.record.as_ref().map(|r| (r.generation, r.status));
+                tracing::debug!(
+                    index,
+                    ?status,
+                    generation,
+                    ?subject,
+                    member_generation = member.identity.generation,
+                    state = member.state.as_str(),
+                    ?record,
+                    "view at the failure"
+                );
+            }
+        }
         Err(self.failure(format!("{what} did not happen within {} s{detail}", max.as_secs_f64())))
     }
 }
@@ -207,7 +233,7 @@ fn describe(member: Option<&MemberView>) -> String {
     }
 }
 
-/// Checkers of the data plane: the clients' history against the properties of ARCHITECTURE
+/// Checkers of the data plane: the clients' history against the properties of docs/ARCHITECTURE.md
 /// §5 and §6 (see [`History`](crate::History)).
 impl Sim {
     /// Reads saw every write acknowledged before they started, returned only what PUTs

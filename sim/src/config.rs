@@ -47,7 +47,7 @@ pub struct SimConfig {
     pub replication: Option<ReplicationConfig>,
 }
 
-/// How the simulated nodes replicate (ARCHITECTURE §5, §6): the node core's own settings,
+/// How the simulated nodes replicate (docs/ARCHITECTURE.md §5, §6): the node core's own settings,
 /// and what only the simulator has (store size, clock skew).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReplicationConfig {

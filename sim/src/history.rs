@@ -1,5 +1,5 @@
 //! What the clients of a run did and were told, and the properties checked on it from
-//! outside the nodes (ARCHITECTURE §6, §10): no acknowledged write lost, reads that start
+//! outside the nodes (docs/ARCHITECTURE.md §6, §10): no acknowledged write lost, reads that start
 //! after a write was acknowledged see it, a write that starts after another was acknowledged
 //! wins, and a minority acknowledges nothing.
 //!
@@ -346,7 +346,7 @@ impl History {
     }
 
     /// A write that starts after another write to the same path was acknowledged gets a
-    /// greater version, whatever the nodes' clocks say (ARCHITECTURE §3).
+    /// greater version, whatever the nodes' clocks say (docs/ARCHITECTURE.md §3).
     pub fn check_later_writes_win(&self) -> Result<(), String> {
         for (path, ops) in self.by_path() {
             let acked: Vec<&OpRecord> = ops.into_iter().filter(|op| op.acked_version().is_some()).collect();

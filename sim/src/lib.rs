@@ -1,4 +1,4 @@
-//! The deterministic simulator (ARCHITECTURE §10): many membership cores in one process, a
+//! The deterministic simulator (docs/ARCHITECTURE.md §10): many membership cores in one process, a
 //! virtual clock that jumps from event to event, a simulated network (latency, loss,
 //! duplication, reordering, symmetric and one-way partitions) and crashes, restarts and
 //! graceful leaves, all decided by one seed.

@@ -31,6 +31,10 @@ struct Args {
     /// Runs this many consecutive seeds, starting at `--seed`, and stops at the first failure.
     #[arg(long, default_value_t = 1)]
     count: u64,
+    /// With `--count`: runs every seed whatever fails, prints one line per seed, then the
+    /// number that passed and the seeds that failed (a sweep).
+    #[arg(long)]
+    keep_going: bool,
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,9 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let first_seed = args.seed.unwrap_or_else(random_seed);
+    if args.keep_going {
+        return sweep(&args, first_seed);
+    }
     for seed in first_seed..first_seed.saturating_add(args.count) {
         let options =
             ScenarioOptions { seed, nodes: args.nodes, duration: args.duration_secs.map(Duration::from_secs) };
@@ -57,6 +64,30 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Runs `args.count` seeds from `first_seed`, one line each, and sums them up.
+fn sweep(args: &Args, first_seed: u64) -> ExitCode {
+    let mut failed = Vec::new();
+    for seed in first_seed..first_seed.saturating_add(args.count) {
+        let options =
+            ScenarioOptions { seed, nodes: args.nodes, duration: args.duration_secs.map(Duration::from_secs) };
+        match args.scenario.run(&options) {
+            Ok(_) => println!("seed {seed}: ok"),
+            Err(failure) => {
+                let first_line = failure.to_string().lines().next().unwrap_or_default().to_string();
+                println!("seed {seed}: FAILED {first_line}");
+                failed.push(seed);
+            }
+        }
+    }
+    println!(
+        "{:?}: {} of {} seeds passed; failed: {failed:?}",
+        args.scenario,
+        args.count - failed.len() as u64,
+        args.count
+    );
+    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// A seed for a run the user did not pin. Only this binary may read the clock: the simulator

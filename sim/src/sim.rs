@@ -144,6 +144,11 @@ struct Node {
     past_renewals: u64,
     /// Counters of previous runs.
     past_stats: Stats,
+    /// The gossip addresses of the members its last run knew: what a real node keeps in
+    /// `members.json` and greets, besides its seeds, when it starts again.
+    remembered: Vec<SocketAddr>,
+    /// Whether the current (or last) run announced that it leaves.
+    announced_leave: bool,
     packets_sent: u64,
     bytes_sent: u64,
     /// Store, coordinator and placement, with [`SimConfig::replication`].
@@ -203,6 +208,8 @@ impl Sim {
                 disturbed_until_us: 0,
                 past_renewals: 0,
                 past_stats: Stats::default(),
+                remembered: Vec::new(),
+                announced_leave: false,
                 packets_sent: 0,
                 bytes_sent: 0,
                 data: config.replication.as_ref().map(|replication| DataNode::new(&config, replication, index)),
@@ -318,7 +325,14 @@ impl Sim {
         self.node(index).membership.as_ref().map(|membership| *membership.identity())
     }
 
-    /// The generation node `index` started its current (or last) run with.
+    /// Whether node `index`'s current (or last) run announced that it leaves (a node that
+    /// crashed during its linger did leave).
+    pub fn announced_leave(&self, index: usize) -> bool {
+        self.node(index).announced_leave
+    }
+
+    /// The generation node `index` started its current (or last) run with (or renewed its
+    /// identity to, once that run ended).
     pub fn generation(&self, index: usize) -> u64 {
         self.node(index).generation
     }
@@ -378,6 +392,7 @@ impl Sim {
         let node = &mut self.nodes[index];
         node.generation += 1;
         node.epoch += 1;
+        node.announced_leave = false;
         node.status = NodeStatus::Running;
         node.started_at_us = self.now_us;
         let identity = NodeIdentity { node_id: node.node_id, addr: node.addr, generation: node.generation };
@@ -392,7 +407,9 @@ impl Sim {
             status: RecordStatus::Active,
             disk_used_bytes: 0,
         };
-        let seeds = self.config.seeds.iter().filter(|&&seed| seed != index).map(|&seed| node_addr(seed)).collect();
+        let mut seeds: Vec<SocketAddr> =
+            self.config.seeds.iter().filter(|&&seed| seed != index).map(|&seed| node_addr(seed)).collect();
+        seeds.extend(node.remembered.iter().filter(|addr| !seeds.contains(addr)).copied().collect::<Vec<_>>());
         let rng = StdRng::from_seed(derive_seed(self.config.seed, b"node rng", index as u64, node.generation));
         node.membership = Some(Membership::new(identity, record, self.membership_config.clone(), seeds, rng));
         let generation = self.nodes[index].generation;
@@ -434,6 +451,7 @@ impl Sim {
         let now_ms = self.now_ms();
         let node = &mut self.nodes[index];
         node.status = NodeStatus::Leaving;
+        node.announced_leave = true;
         node.membership.as_mut().expect("a running node has a core").leave(now_ms);
         let epoch = node.epoch;
         self.record_action(format_args!("leave {index}"));
@@ -455,8 +473,15 @@ impl Sim {
     fn stop(&mut self, index: usize, status: NodeStatus) {
         self.stop_data_node(index, status == NodeStatus::Crashed);
         let node = &mut self.nodes[index];
-        if let Some(membership) = node.membership.take() {
+        if let Some(mut membership) = node.membership.take() {
+            let now_ms = self.now_us / 1000;
+            let own = membership.identity().addr;
+            node.remembered =
+                membership.members(now_ms).iter().map(|view| view.identity.addr).filter(|addr| *addr != own).collect();
             node.past_renewals += membership.identity().generation.saturating_sub(node.generation);
+            // A renewed identity's generation is saved like a start's (the driver does so),
+            // so the next run never reuses a generation the cluster saw leave or go down.
+            node.generation = node.generation.max(membership.identity().generation);
             node.past_stats += membership.stats();
         }
         node.status = status;

@@ -1,4 +1,4 @@
-//! Local storage for a Shoal node (ARCHITECTURE §1, §3).
+//! Local storage for a Shoal node (docs/ARCHITECTURE.md §1, §3).
 //!
 //! One narrow [`Store`] trait and two backends that pass one conformance suite
 //! (`storage/tests/conformance.rs`):

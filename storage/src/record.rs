@@ -1,4 +1,4 @@
-//! File and directory records (ARCHITECTURE §3) and their merge rules.
+//! File and directory records (docs/ARCHITECTURE.md §3) and their merge rules.
 //!
 //! Every record is a state-based CRDT. `merge` is commutative, associative and idempotent
 //! (property-tested below), so any two replicas that have seen the same writes, in any order

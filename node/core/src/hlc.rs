@@ -1,4 +1,4 @@
-//! The hybrid logical clock that versions writes (ARCHITECTURE §3).
+//! The hybrid logical clock that versions writes (docs/ARCHITECTURE.md §3).
 
 /// Issues strictly increasing readings that follow the wall clock when it moves forward and
 /// ignore it when it moves back. `observe` folds in versions seen elsewhere (the record a

@@ -1,4 +1,4 @@
-//! Paths of files and directories (ARCHITECTURE §3): validated once, at the edge.
+//! Paths of files and directories (docs/ARCHITECTURE.md §3): validated once, at the edge.
 
 use std::fmt;
 

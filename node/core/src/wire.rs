@@ -1,4 +1,4 @@
-//! Framing of node-to-node RPC messages (ARCHITECTURE §8): pure and incremental, no IO.
+//! Framing of node-to-node RPC messages (docs/ARCHITECTURE.md §8): pure and incremental, no IO.
 //!
 //! A message (one [`Request`](crate::replication::Request) or one
 //! [`Reply`](crate::replication::Reply)) is its bincode 2 encoding, cut into frames:

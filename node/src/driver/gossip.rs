@@ -62,10 +62,11 @@ impl Gossip {
     pub fn start(
         socket: UdpSocket,
         mut membership: Membership,
+        data_dir: std::path::PathBuf,
     ) -> (Gossip, watch::Receiver<Vec<MemberView>>, tokio::task::JoinHandle<()>) {
         let (inputs, rx) = mpsc::channel(64);
         let (views, changes) = watch::channel(membership.members(now_ms()));
-        let task = tokio::spawn(run(socket, membership, rx, views));
+        let task = tokio::spawn(run(socket, membership, rx, views, data_dir));
         (Gossip { inputs }, changes, task)
     }
 
@@ -95,7 +96,9 @@ async fn run(
     mut membership: Membership,
     mut inputs: mpsc::Receiver<Input>,
     views: watch::Sender<Vec<MemberView>>,
+    data_dir: std::path::PathBuf,
 ) {
+    let mut generation = membership.identity().generation;
     let mut timers: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
     let mut seq = 0u64;
     // One byte more than a packet may be, so an oversized datagram is seen as such (the
@@ -105,6 +108,14 @@ async fn run(
     loop {
         if membership.take_changed() {
             views.send_replace(membership.members(now_ms()));
+        }
+        if membership.identity().generation > generation {
+            generation = membership.identity().generation;
+            let dir = data_dir.clone();
+            let saved = tokio::task::spawn_blocking(move || super::identity::save_renewed_generation(&dir, generation));
+            if let Ok(Err(err)) = saved.await {
+                tracing::warn!(%err, generation, "cannot save the renewed generation");
+            }
         }
         while let Some(output) = membership.poll_output() {
             match output {

@@ -65,7 +65,7 @@ impl AppState {
     }
 }
 
-/// The routes of ARCHITECTURE §9.
+/// The routes of docs/ARCHITECTURE.md §9.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/files/{*path}", get(get_file).head(head_file).put(put_file).delete(delete_file))

@@ -51,6 +51,13 @@ pub fn next_generation(data_dir: &Path, now_secs: u64) -> anyhow::Result<u64> {
     Ok(next)
 }
 
+/// Records that this run renewed its identity to `generation` (the cluster had declared it
+/// down), so the next start takes a later one: a generation the cluster has seen go down or
+/// leave is never used again.
+pub fn save_renewed_generation(data_dir: &Path, generation: u64) -> anyhow::Result<()> {
+    write_durably(data_dir, GENERATION_FILE, &format!("{generation}\n"))
+}
+
 /// Replaces `dir/name` with `contents` atomically and durably: a crash leaves the old file or
 /// the new one, never a torn one.
 fn write_durably(dir: &Path, name: &str, contents: &str) -> anyhow::Result<()> {

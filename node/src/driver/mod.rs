@@ -1,5 +1,5 @@
 //! The tokio driver: owns the sockets, the clock and the tasks, and feeds the sans-IO core
-//! (ARCHITECTURE §2). The only module allowed to read the clock or spawn tasks.
+//! (docs/ARCHITECTURE.md §2). The only module allowed to read the clock or spawn tasks.
 #![allow(clippy::disallowed_methods)]
 
 mod cluster;
@@ -118,7 +118,15 @@ impl Node {
             status: RecordStatus::Active,
             disk_used_bytes: usage.used_bytes,
         };
-        let seeds = gossip::resolve_seeds(&config.seeds).await;
+        let mut seeds = gossip::resolve_seeds(&config.seeds).await;
+        // The members it knew last time are greeted too: a restarted node rejoins even if
+        // its seeds are down.
+        let remembered_addrs: Vec<SocketAddr> = remembered
+            .iter()
+            .map(|member| member.rpc_addr)
+            .filter(|addr| *addr != cluster_addr && !seeds.contains(addr))
+            .collect();
+        seeds.extend(remembered_addrs);
         if !config.seeds.is_empty() && seeds.is_empty() {
             tracing::warn!(seeds = ?config.seeds, "no seed resolved; this node starts a cluster of its own");
         }
@@ -126,7 +134,7 @@ impl Node {
         let linger = membership_config.foca_config().probe_period * 2;
         let rng = rand::rngs::StdRng::seed_from_u64(rand::rng().random());
         let membership = Membership::new(identity, record, membership_config, seeds, rng);
-        let (gossip, views, gossip_task) = Gossip::start(socket, membership);
+        let (gossip, views, gossip_task) = Gossip::start(socket, membership, config.data_dir.clone());
         let refresher = tokio::spawn(refresh_disk_usage(store.clone(), gossip.clone()));
 
         let metrics = Arc::new(metrics::Metrics::new());

@@ -1,4 +1,4 @@
-//! RPC between nodes over TCP on the cluster port (ARCHITECTURE §8).
+//! RPC between nodes over TCP on the cluster port (docs/ARCHITECTURE.md §8).
 //!
 //! One connection carries one call at a time: the client writes a [`Request`] message, the
 //! server answers with one [`Reply`] message, both framed by [`crate::wire`]. Clients keep

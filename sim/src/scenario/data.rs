@@ -1,6 +1,6 @@
 //! Scenarios of the data plane: clients PUT, GET and DELETE files through the replication
 //! core while the simulator injects faults; the history of what they were told is checked
-//! from outside (ARCHITECTURE §5, §6, §10).
+//! from outside (docs/ARCHITECTURE.md §5, §6, §10).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! The data plane (ARCHITECTURE §5, §6): one [`NodeCore`] per running node over its
+//! The data plane (docs/ARCHITECTURE.md §5, §6): one [`NodeCore`] per running node over its
 //! [`MemStore`], the RPCs between them over the simulated network, and the clients that PUT,
 //! GET and DELETE files through any node ([`clients`](super::clients)).
 //!

@@ -1252,6 +1252,7 @@ where
         mut runtime: impl Runtime<T>,
     ) -> Result<()> {
         let id = update.id().clone();
+        let (update_state, update_incarnation) = (update.state(), update.incarnation());
 
         if summary.apply_successful {
             #[cfg(feature = "tracing")]
@@ -1267,6 +1268,21 @@ where
                 let data = self.serialize_member(update)?;
                 self.updates
                     .add_or_replace(addr, data, self.config.max_transmissions.get().into());
+            }
+
+            // PATCH: a suspicion learned from others gets its own deadline here too. Only
+            // the prober used to arm one; if it crashed or renewed before its timer fired,
+            // and the suspect never heard of the suspicion, the member stayed suspect in
+            // every view forever. The timer's incarnation check makes a refuted one a no-op.
+            if update_state == State::Suspect {
+                runtime.submit_after(
+                    Timer::ChangeSuspectToDown {
+                        member_id: id.clone(),
+                        incarnation: update_incarnation,
+                        token: self.timer_token,
+                    },
+                    self.config.suspect_to_down_after,
+                );
             }
 
             // Down is a terminal state, so set up a handler for removing

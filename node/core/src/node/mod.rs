@@ -448,3 +448,6 @@ impl<S: Store> NodeCore<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,4 @@
-//! File operations coordinated across the owners (ARCHITECTURE §6): any node coordinates any
+//! File operations coordinated across the owners (docs/ARCHITECTURE.md §6): any node coordinates any
 //! request. Each operation is an [`Op`] built from quorum reads and writes: read what the
 //! change depends on (so its version is newer than everything it replaces, whatever the
 //! clocks say), check it, write it.

@@ -1,6 +1,6 @@
 //! Hand-off after a ring change: a node gives what it holds to the members that became its
 //! owners, so they have caught up by the time the transition ends and reads stop asking the
-//! previous owners (ARCHITECTURE §5). The driver walks the store in bounded batches and runs
+//! previous owners (docs/ARCHITECTURE.md §5). The driver walks the store in bounded batches and runs
 //! one [`Handoff`] per batch; Merkle anti-entropy (§7) will make this incremental.
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,4 +1,4 @@
-//! What a coordinator asks of a replica and what it answers (ARCHITECTURE §6, §8). Records and
+//! What a coordinator asks of a replica and what it answers (docs/ARCHITECTURE.md §6, §8). Records and
 //! blocks are separate subsystems with separate message enums; [`Request`] and [`Reply`] wrap
 //! them for the one RPC connection between two nodes.
 

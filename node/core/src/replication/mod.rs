@@ -1,4 +1,4 @@
-//! Replication (ARCHITECTURE §5, §6): who owns a key, what coordinators and replicas say to
+//! Replication (docs/ARCHITECTURE.md §5, §6): who owns a key, what coordinators and replicas say to
 //! each other, and the quorum operations built from those messages. Sans-IO: operations queue
 //! requests and take replies; the tokio driver and the simulator carry them.
 

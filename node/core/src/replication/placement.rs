@@ -1,4 +1,4 @@
-//! Who owns a key, as this node sees it, including ownership transitions (ARCHITECTURE §5).
+//! Who owns a key, as this node sees it, including ownership transitions (docs/ARCHITECTURE.md §5).
 //!
 //! When the ring changes, the owners of some keys change. Until the new owners have caught up,
 //! an acknowledged write may live only on the old ones. So for a while after every change the
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use shoal_membership::{MemberState, MemberView, Ring, RingMember};
 use shoal_storage::NodeId;
 
-/// Replication factor and quorum sizes (ARCHITECTURE §6).
+/// Replication factor and quorum sizes (docs/ARCHITECTURE.md §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quorum {
     /// Copies of every block and record.
