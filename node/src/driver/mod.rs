@@ -135,7 +135,7 @@ impl Node {
         let rng = rand::rngs::StdRng::seed_from_u64(rand::rng().random());
         let membership = Membership::new(identity, record, membership_config, seeds, rng);
         let (gossip, views, gossip_task) = Gossip::start(socket, membership, config.data_dir.clone());
-        let refresher = tokio::spawn(refresh_disk_usage(store.clone(), gossip.clone()));
+        let refresher = tokio::spawn(refresh_disk_usage(store.clone(), gossip.clone(), config.core_config()));
 
         let metrics = Arc::new(metrics::Metrics::new());
         let limits = rpc::RpcLimits {
@@ -252,20 +252,16 @@ impl Node {
     }
 }
 
-/// Keeps this node's record's disk usage current, without flooding gossip: a new version
-/// only when usage moved by 1 % or 64 MiB.
-async fn refresh_disk_usage(store: Arc<FjallStore>, gossip: Gossip) {
+/// Keeps this node's record's disk usage current, without flooding gossip: the core's
+/// config says how often and when it moved enough.
+async fn refresh_disk_usage(store: Arc<FjallStore>, gossip: Gossip, config: shoal_core::node::CoreConfig) {
     let mut published: Option<u64> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut tick = tokio::time::interval(config.usage_refresh);
     loop {
         tick.tick().await;
         let store = store.clone();
         let Ok(Ok(usage)) = tokio::task::spawn_blocking(move || store.usage()).await else { continue };
-        let moved = published.is_none_or(|before| {
-            let delta = usage.used_bytes.abs_diff(before);
-            delta >= 64 << 20 || delta.saturating_mul(100) >= before
-        });
-        if moved && published != Some(usage.used_bytes) {
+        if config.usage_worth_publishing(published, usage.used_bytes) {
             published = Some(usage.used_bytes);
             gossip
                 .update_record(move |record| {

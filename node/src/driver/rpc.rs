@@ -3,7 +3,8 @@
 //! One connection carries one call at a time: the client writes a [`Request`] message, the
 //! server answers with one [`Reply`] message, both framed by [`crate::wire`]. Clients keep
 //! idle connections per peer for the next call; servers serve each connection in its own
-//! task and run the replica handler on the blocking pool, because the store blocks.
+//! task and hand each request to a [`Replica`]: the node core, which serves it from the
+//! store through a store job the driver runs on the blocking pool.
 
 use std::collections::HashMap;
 use std::io;

@@ -36,12 +36,19 @@ pub struct CoreConfig {
     pub upload_blocks_in_flight_max: usize,
     /// Blocks of one read fetched ahead of what the reader has taken.
     pub download_blocks_ahead_max: usize,
+    /// How often the node reads its disk usage to republish it in its member record.
+    pub usage_refresh: Duration,
+    /// The record's disk usage is republished only once usage moved by this many bytes...
+    pub usage_republish_bytes: u64,
+    /// ...or by this percentage of the last published figure, so gossip is not flooded.
+    pub usage_republish_percent: u64,
 }
 
 impl Default for CoreConfig {
     /// Production values: N = 3, W = 2, R = 2, 1 MiB blocks, 5 s RPC timeout, eviction after
     /// 10 minutes, 60 s transitions, placement re-evaluated every 200 ms, hand-off batches of
-    /// 256 records or 8 blocks retried after 5 s, 4 blocks per upload in flight, 2 read ahead.
+    /// 256 records or 8 blocks retried after 5 s, 4 blocks per upload in flight, 2 read ahead,
+    /// disk usage read every 10 s and republished when it moved by 64 MiB or 1 %.
     fn default() -> Self {
         Self {
             quorum: Quorum::DEFAULT,
@@ -55,6 +62,9 @@ impl Default for CoreConfig {
             handoff_retry_pause: Duration::from_secs(5),
             upload_blocks_in_flight_max: 4,
             download_blocks_ahead_max: 2,
+            usage_refresh: Duration::from_secs(10),
+            usage_republish_bytes: 64 << 20,
+            usage_republish_percent: 1,
         }
     }
 }
@@ -79,6 +89,19 @@ impl CoreConfig {
             Some((name, _)) => Err(format!("{name} must be positive")),
             None => Ok(()),
         }
+    }
+}
+
+impl CoreConfig {
+    /// Whether disk usage `used_bytes` is worth republishing after `published` (`None`: never
+    /// published).
+    pub fn usage_worth_publishing(&self, published: Option<u64>, used_bytes: u64) -> bool {
+        published.is_none_or(|before| {
+            let delta = used_bytes.abs_diff(before);
+            delta > 0
+                && (delta >= self.usage_republish_bytes
+                    || delta.saturating_mul(100) >= before.saturating_mul(self.usage_republish_percent))
+        })
     }
 }
 

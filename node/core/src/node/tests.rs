@@ -127,3 +127,14 @@ fn the_placement_is_re_evaluated_on_the_cores_own_timer() {
     core.handle_timeout(later);
     assert_eq!(core.placement().ring().members().len(), 1, "the down member was evicted");
 }
+
+#[test]
+fn disk_usage_is_republished_only_once_it_moved_by_64_mib_or_1_percent() {
+    let config = CoreConfig::default();
+    assert!(config.usage_worth_publishing(None, 0));
+    let ten_gib = 10u64 << 30;
+    assert!(!config.usage_worth_publishing(Some(ten_gib), ten_gib + (50 << 20)), "50 MiB of 10 GiB");
+    assert!(config.usage_worth_publishing(Some(ten_gib), ten_gib + (64 << 20)));
+    assert!(config.usage_worth_publishing(Some(1000), 1010), "1 % of a small figure");
+    assert!(!config.usage_worth_publishing(Some(1000), 1000), "no change");
+}
