@@ -95,11 +95,15 @@ impl<S: Store> NodeCore<S> {
     pub(crate) fn refresh_view(&mut self, now_us: u64) {
         let this = self.this.0;
         let view = &mut self.view;
-        if !view.ready
-            && view.views.iter().any(|member| {
-                member.identity.node_id != this && matches!(member.state, MemberState::Alive | MemberState::Suspect)
-            })
-        {
+        // Joined means: another member is alive, and the record of every live member has
+        // arrived, so the placement holds them all. Coordinating earlier would place by a
+        // ring of the few members whose records came first (at first, this node alone) and
+        // answer "not found" for files the cluster holds.
+        let mut others = view.views.iter().filter(|member| {
+            member.identity.node_id != this && matches!(member.state, MemberState::Alive | MemberState::Suspect)
+        });
+        let first = others.next();
+        if !view.ready && first.is_some() && first.into_iter().chain(others).all(|member| member.record.is_some()) {
             view.ready = true;
             self.out.events.push_back(Event::Ready);
         }
