@@ -415,13 +415,16 @@ impl Membership {
     /// members only while it has an active one, so a node whose every peer is down in its
     /// view (after a long partition, with its seeds down) would otherwise stay alone forever.
     fn hello_known_members(&mut self) {
-        let addrs: Vec<SocketAddr> = self
+        let known: Vec<SocketAddr> = self
             .foca
             .iter_membership_state()
             .map(|member| member.id().addr)
             .filter(|addr| !self.seeds.contains(addr))
-            .take(ISOLATED_GREETINGS_MAX)
             .collect();
+        // A window that moves every round, so every member is greeted in time.
+        let start = (self.seed_rounds as usize).saturating_mul(ISOLATED_GREETINGS_MAX) % known.len().max(1);
+        let addrs: Vec<SocketAddr> =
+            known.iter().skip(start).chain(known.iter().take(start)).take(ISOLATED_GREETINGS_MAX).copied().collect();
         for addr in addrs {
             self.send(addr, Kind::Hello, &[]);
         }

@@ -134,7 +134,11 @@ impl Cluster {
             let cluster = self.clone();
             let store = self.shared.store.clone();
             tokio::task::spawn_blocking(move || {
-                let done = job.work.run(&*store);
+                let failure = job.work.failure();
+                let run = std::panic::AssertUnwindSafe(|| job.work.run(&*store));
+                // A panic in the store is a bug, already reported by the panic hook; the core
+                // still gets an answer, so no peer or hand-off waits for this job forever.
+                let done = std::panic::catch_unwind(run).unwrap_or(failure);
                 cluster.with(|state| state.core.handle_store_done(now_us(), job.id, done));
             });
         }

@@ -27,12 +27,23 @@ pub use identity::{load_or_create_node_id, next_generation};
 
 use gossip::Gossip;
 
-/// Microseconds since the Unix epoch: the `now` the core is fed.
-pub(crate) fn now_us() -> u64 {
+/// Microseconds since the Unix epoch, as the wall clock says now.
+fn wall_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
-/// Milliseconds since the Unix epoch.
+/// The `now` the cores are fed, in µs since the Unix epoch: the wall clock when the process
+/// started, advanced by the monotonic clock. Versions need wall time; deadlines need a clock
+/// that never jumps: an NTP step would otherwise fire every pending request timeout at once
+/// (a forward step) or stall evictions and hand-off retries (a backward one). The monotonic
+/// clock follows NTP's rate corrections, so only steps since the start are not reflected.
+pub(crate) fn now_us() -> u64 {
+    static ANCHOR: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+    let (instant, wall) = *ANCHOR.get_or_init(|| (std::time::Instant::now(), wall_us()));
+    wall.saturating_add(instant.elapsed().as_micros() as u64)
+}
+
+/// Milliseconds since the Unix epoch, on the cores' clock.
 pub(crate) fn now_ms() -> u64 {
     now_us() / 1000
 }

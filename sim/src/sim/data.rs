@@ -314,8 +314,14 @@ impl Sim {
         if !membership.take_changed() && !first {
             return;
         }
-        let views = membership.members(now_ms);
+        let mut views = membership.members(now_ms);
         let now = self.wall_clock_us(index);
+        // The membership runs on virtual time, the core on the node's wall clock (in
+        // production both are the same clock): the view's dates move to the core's.
+        let offset = self.clock_offset_us(index);
+        for view in &mut views {
+            view.state_since_ms = wall_clock_us(view.state_since_ms.saturating_mul(1000), offset) / 1000;
+        }
         let node = self.data_node_mut(index);
         if node.fed.as_ref() == Some(&views) {
             return;

@@ -183,6 +183,7 @@ impl<S: Store> NodeCore<S> {
         let Some(upload) = put.upload.as_mut().filter(|_| !put.ended) else { return };
         let blocks = upload.push(data);
         self.write_blocks(now_us, client.id, blocks);
+        self.settle(now_us);
     }
 
     /// The content of upload `client` is complete: once its blocks are stored, it commits.
@@ -193,6 +194,7 @@ impl<S: Store> NodeCore<S> {
         let last: Vec<_> = upload.finish().into_iter().collect();
         self.write_blocks(now_us, client.id, last);
         self.commit_if_stored(now_us, client.id);
+        self.settle(now_us);
     }
 
     fn write_blocks(&mut self, now_us: u64, id: ClientId, blocks: Vec<(usize, Bytes)>) {
@@ -259,6 +261,7 @@ impl<S: Store> NodeCore<S> {
         let op = make(self, placement)?;
         let id = self.new_client(ClientState::Single(None));
         self.start_op(now_us, Purpose::Client { client: id, part: 0 }, op);
+        self.settle(now_us);
         Ok(id)
     }
 
@@ -323,6 +326,7 @@ impl<S: Store> NodeCore<S> {
         let state = ReadState { pieces: plan.pieces, next_start: 0, next_take: 0, fetched: BTreeMap::new() };
         let id = self.new_client(ClientState::Read(state));
         self.fetch_ahead(now_us, id);
+        self.settle(now_us);
         Ok(Client::new(id))
     }
 
@@ -343,6 +347,7 @@ impl<S: Store> NodeCore<S> {
             return Some(piece.map(Some));
         }
         self.fetch_ahead(now_us, client.id);
+        self.settle(now_us);
         Some(piece.map(Some))
     }
 
@@ -395,7 +400,8 @@ impl<S: Store> NodeCore<S> {
             AnyOutput::Read(result) => match result {
                 Ok(values) => match values.into_iter().next() {
                     Some(RecordValue::File(record)) => Ok(Finished::Record(record)),
-                    other => panic!("a file record read answered {other:?}"),
+                    // A peer answered a file key with another kind of value.
+                    other => Err(FileError::Unavailable(format!("a file record read answered {other:?}"))),
                 },
                 Err(failure) => Err(FileError::Unavailable(failure.detail)),
             },

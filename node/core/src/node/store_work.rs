@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use shoal_storage::{BlockHash, DirRecord, RecordUpdate, Store, StoreError};
 
-use crate::replication::{Placement, Reply, Request, replica};
+use crate::replication::{Placement, Refusal, Reply, Request, replica};
 use std::sync::Arc;
 
 /// Names a store job until its result comes back.
@@ -42,6 +42,17 @@ pub enum StoreDone {
 }
 
 impl StoreWork {
+    /// What to hand back if running this work panicked (a bug in the store): a refusal, or a
+    /// failed scan that the hand-off retries, so nothing waits forever for it.
+    pub fn failure(&self) -> StoreDone {
+        match self {
+            StoreWork::Serve(_) => {
+                StoreDone::Served(Reply::Refused(Refusal::Other("the store failed serving this request".into())))
+            }
+            StoreWork::Scan(_) => StoreDone::Scanned(Err(StoreError::Poisoned)),
+        }
+    }
+
     /// Carries the work out on `store`. Blocks (fjall fsyncs); never panics on stored data.
     pub fn run<S: Store + ?Sized>(self, store: &S) -> StoreDone {
         match self {
