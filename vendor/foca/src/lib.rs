@@ -972,6 +972,10 @@ where
         // the borrow checker. And then put it back in its place, so
         // that we can keep reusing its already-allocated space.
         let mut updates = mem::take(&mut self.updates_buf);
+        // PATCH: see `tell_suspect`.
+        let sender_suspects_us = updates
+            .iter()
+            .any(|update| update.id() == &self.identity && update.state() == State::Suspect);
         self.apply_many(updates.drain(..), true, &mut runtime)?;
         debug_assert_eq!(
             0,
@@ -989,6 +993,13 @@ where
         // so there's nothing more to do
         if self.connection_state != ConnectionState::Connected {
             return custom_broadcasts_result;
+        }
+
+        // PATCH: see `tell_suspect`.
+        self.tell_suspect(&src, &mut runtime)?;
+        if sender_suspects_us && !matches!(message, Message::Ping(_)) {
+            // Our refutation rides in the header (a ping's ack carries it anyway).
+            self.send_message(src.clone(), Message::Gossip, &mut runtime)?;
         }
 
         match message {
@@ -1160,6 +1171,8 @@ where
                 #[cfg_attr(not(feature = "tracing"), expect(unused_variables))]
                 let apply_successful = summary.apply_successful;
                 self.handle_apply_summary(summary, as_suspect, true, &mut runtime)?;
+                // PATCH: see `tell_suspect`.
+                self.tell_suspect(failed.id(), &mut runtime)?;
 
                 // Now we ensure we change the member to Down if it
                 // isn't already inactive
@@ -1252,7 +1265,6 @@ where
         mut runtime: impl Runtime<T>,
     ) -> Result<()> {
         let id = update.id().clone();
-        let (update_state, update_incarnation) = (update.state(), update.incarnation());
 
         if summary.apply_successful {
             #[cfg(feature = "tracing")]
@@ -1268,21 +1280,6 @@ where
                 let data = self.serialize_member(update)?;
                 self.updates
                     .add_or_replace(addr, data, self.config.max_transmissions.get().into());
-            }
-
-            // PATCH: a suspicion learned from others gets its own deadline here too. Only
-            // the prober used to arm one; if it crashed or renewed before its timer fired,
-            // and the suspect never heard of the suspicion, the member stayed suspect in
-            // every view forever. The timer's incarnation check makes a refuted one a no-op.
-            if update_state == State::Suspect {
-                runtime.submit_after(
-                    Timer::ChangeSuspectToDown {
-                        member_id: id.clone(),
-                        incarnation: update_incarnation,
-                        token: self.timer_token,
-                    },
-                    self.config.suspect_to_down_after,
-                );
             }
 
             // Down is a terminal state, so set up a handler for removing
@@ -1547,6 +1544,33 @@ where
         debug_assert_eq!(0, self.send_buf.capacity(), "send_buf modified while taken");
         self.send_buf = data;
         Ok(())
+    }
+
+    // PATCH: a suspicion and its refutation go directly between the nodes concerned.
+    //
+    // SWIM leaves it to dissemination to bring a suspicion to the suspect and its refutation
+    // back to the prober, and each travels only `max_transmissions` times per node: on a
+    // lossy network every copy could miss, and a member was declared down while it answered
+    // everyone (`shoal-sim loss`), or, once its prober was gone, stayed suspect forever
+    // (`shoal-sim swarm --seed 1550 --nodes 5`). So the prober tells the suspect when it
+    // suspects it, any node holding a member suspect tells it whenever it hears from it, and
+    // a member told it is suspect answers the teller at once: its refutation (a higher
+    // incarnation) rides in the header of every packet it sends.
+    fn tell_suspect(&mut self, src: &T, mut runtime: impl Runtime<T>) -> Result<()> {
+        let Some(suspicion) = self
+            .members
+            .inner
+            .iter()
+            .find(|member| member.id() == src && member.state() == State::Suspect)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let data = self.serialize_member(suspicion)?;
+        // Fresh transmissions put it first in the piggyback of the message below.
+        self.updates
+            .add_or_replace(Addr(src.addr()), data, self.config.max_transmissions.get().into());
+        self.send_message(src.clone(), Message::Gossip, &mut runtime)
     }
 
     fn accept_payload(&self, header: &Header<T>) -> bool {
