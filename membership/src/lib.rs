@@ -20,4 +20,4 @@ pub use envelope::{ENVELOPE_BYTES, PACKET_BYTES_MAX};
 pub use identity::NodeIdentity;
 pub use membership::{MemberState, MemberView, Membership, Output, Stats, TimerEvent};
 pub use record::{MemberRecord, RecordStatus};
-pub use ring::{Ring, RingMember, VNODES_PER_MEDIAN_MEMBER};
+pub use ring::{PARTITION_BITS, PARTITIONS, Partition, Ring, RingMember, VNODES_PER_MEDIAN_MEMBER};

@@ -22,7 +22,11 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{BlockHash, DirEntry, DirRecord, FileRecord, GroupCommit, Merge, RecordUpdate, Store, StoreError, Usage};
+use crate::digest::{self, DigestCache};
+use crate::{
+    BlockHash, Digest, DigestEntry, DigestKind, DirEntry, DirRecord, EntryKey, FileRecord, GroupCommit, Merge, Prefix,
+    RecordUpdate, Store, StoreError, Usage,
+};
 
 /// Blocks up to this size live in fjall; larger ones are files.
 pub const INLINE_BLOCK_BYTES_MAX: usize = 64 * 1024;
@@ -72,6 +76,14 @@ pub struct FjallStore {
     /// touch only their entries and a listing is a prefix scan.
     dir_entries: Keyspace,
     small_blocks: Keyspace,
+    /// The position index of every entry (`EntryKey::index_key` -> entry hash), written in
+    /// the same batch as the entry (fjall_digests.rs).
+    pub(crate) digest_index: Keyspace,
+    /// Its cached digests, rebuilt when the store opens.
+    pub(crate) digests: Mutex<DigestCache>,
+    /// Serialises a block's index check, index write and cache update, so two writers of one
+    /// block count it once.
+    pub(crate) block_index_lock: Mutex<()>,
     block_dir: PathBuf,
     tmp_dir: PathBuf,
     commit: GroupCommit,
@@ -97,6 +109,7 @@ impl FjallStore {
         let files = db.keyspace("files", KeyspaceCreateOptions::default)?;
         let dir_entries = db.keyspace("dir_entries", KeyspaceCreateOptions::default)?;
         let small_blocks = db.keyspace("blocks", KeyspaceCreateOptions::default)?;
+        let digest_index = db.keyspace("digest_index", KeyspaceCreateOptions::default)?;
 
         let block_dir = config.path.join("blocks");
         let tmp_dir = block_dir.join("tmp");
@@ -117,12 +130,15 @@ impl FjallStore {
         sync_dir(&block_dir)?;
         sync_dir(&config.path)?;
 
-        Ok(Self {
+        let store = Self {
             config,
             db,
             files,
             dir_entries,
             small_blocks,
+            digest_index,
+            digests: Mutex::new(DigestCache::default()),
+            block_index_lock: Mutex::new(()),
             block_dir,
             tmp_dir,
             commit: GroupCommit::new(),
@@ -131,12 +147,31 @@ impl FjallStore {
             block_file_bytes: AtomicU64::new(block_file_bytes),
             reserved_bytes: AtomicU64::new(0),
             tmp_counter: AtomicU64::new(0),
-        })
+        };
+        store.load_digests()?;
+        Ok(store)
     }
 
     /// The data directory.
     pub fn path(&self) -> &Path {
         &self.config.path
+    }
+
+    pub(crate) fn db_batch(&self) -> fjall::OwnedWriteBatch {
+        self.db.batch()
+    }
+
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub(crate) fn small_blocks_keyspace(&self) -> Keyspace {
+        self.small_blocks.clone()
+    }
+
+    /// The configured capacity and disk reserve.
+    pub(crate) fn capacity_config(&self) -> (Option<u64>, u64) {
+        (self.config.capacity_bytes, self.config.disk_reserve_bytes)
     }
 
     fn block_path(&self, hash: &BlockHash) -> PathBuf {
@@ -153,23 +188,24 @@ impl FjallStore {
             return self.put_block_file(hash, bytes);
         }
         if self.small_blocks.get(hash.0)?.is_some_and(|stored| hash.matches(&stored)) {
-            return Ok(());
+            return self.index_block(hash, None);
         }
         let _reservation = self.reserve(bytes.len() as u64)?;
-        self.small_blocks.insert(hash.0, bytes)?;
-        Ok(())
+        let mut batch = self.db.batch();
+        batch.insert(&self.small_blocks, hash.0, bytes);
+        self.index_block(hash, Some(batch))
     }
 
     fn put_block_file(&self, hash: &BlockHash, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.block_path(hash);
         match fs::read(&path) {
-            Ok(stored) if hash.matches(&stored) => return Ok(()),
+            Ok(stored) if hash.matches(&stored) => return self.index_block(hash, None),
             Ok(_) => tracing::warn!(block = %hash, "replacing a corrupt copy of a block"),
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(err.into()),
         }
         let len = bytes.len() as u64;
-        let _reservation = self.reserve(len)?;
+        let reservation = self.reserve(len)?;
         let tmp = self.tmp_dir.join(format!("{}.{}", hash.to_hex(), self.tmp_counter.fetch_add(1, Ordering::Relaxed)));
         let written = (|| -> io::Result<()> {
             let mut file = File::create(&tmp)?;
@@ -183,6 +219,8 @@ impl FjallStore {
                 fs::rename(&tmp, &path)?;
                 self.block_file_bytes.fetch_add(len, Ordering::Relaxed);
                 self.block_file_bytes.fetch_sub(replaced, Ordering::Relaxed);
+                // Counted now: holding the claim any longer would count these bytes twice.
+                drop(reservation);
             }
             sync_dir(path.parent().unwrap_or(&self.block_dir))
         })();
@@ -190,7 +228,9 @@ impl FjallStore {
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::from_io(err));
         }
-        Ok(())
+        // Indexed after the file is durable: a crash in between leaves a block the digests
+        // miss (anti-entropy sends it again, and writing it indexes it), never the reverse.
+        self.index_block(hash, None)
     }
 
     /// After a failed fsync, what is on disk is unknown: accept no more writes.
@@ -223,26 +263,33 @@ impl FjallStore {
     /// Adds to `batch` the merge of `record` into what is stored at `key`. Two updates of one
     /// key in the same batch must see each other, not the stored value: `seen` holds what the
     /// batch already wrote.
+    /// Its digest-index entry goes into the same batch; the cache change is returned, to be
+    /// applied once the batch commits.
+    #[allow(clippy::too_many_arguments)]
     fn merge_into<T: Merge + Clone + Serialize + DeserializeOwned>(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         keyspace: &Keyspace,
         what: &'static str,
         seen: &mut HashMap<Vec<u8>, T>,
+        entry: EntryKey,
         key: Vec<u8>,
         record: &T,
-    ) -> Result<(), StoreError> {
+    ) -> Result<CacheChange, StoreError> {
         let base = match seen.remove(&key) {
             Some(seen) => Some(seen),
             None => self.get_record(keyspace, what, &key)?,
         };
+        let old = base.as_ref().map(|base| digest::record_hash(&entry, base)).transpose()?;
         let merged = match base {
             Some(base) => base.merge(record.clone()),
             None => record.clone(),
         };
+        let new = digest::record_hash(&entry, &merged)?;
         batch.insert(keyspace, key.clone(), encode(what, &merged)?);
+        batch.insert(&self.digest_index, entry.index_key(), new.0);
         seen.insert(key, merged);
-        Ok(())
+        Ok(CacheChange { kind: entry.kind(), position: entry.position(), old, new: Some(new) })
     }
 
     fn get_record<T: DeserializeOwned>(
@@ -253,6 +300,14 @@ impl FjallStore {
     ) -> Result<Option<T>, StoreError> {
         keyspace.get(key)?.map(|bytes| decode(what, &bytes)).transpose()
     }
+}
+
+/// A change to the digest cache, applied once the write that makes it has committed.
+pub(crate) struct CacheChange {
+    pub(crate) kind: DigestKind,
+    pub(crate) position: u64,
+    pub(crate) old: Option<Digest>,
+    pub(crate) new: Option<Digest>,
 }
 
 /// Room claimed for a block write in progress; released on drop, when the write has either
@@ -402,8 +457,10 @@ impl Store for FjallStore {
 
     fn delete_block(&self, hash: &BlockHash) -> Result<(), StoreError> {
         self.refuse_if_poisoned()?;
-        self.small_blocks.remove(hash.0)?;
         let path = self.block_path(hash);
+        // Unindexed durably before the file goes: a crash in between must not leave the
+        // digests claiming a block that is gone (the reverse, an unindexed block, heals).
+        self.unindex_block(hash, path.exists())?;
         let _removing = self.file_lock.lock().unwrap_or_else(|poison| poison.into_inner());
         match fs::metadata(&path) {
             Ok(meta) => {
@@ -442,28 +499,42 @@ impl Store for FjallStore {
         let mut batch = self.db.batch();
         let mut files_seen = HashMap::new();
         let mut entries_seen = HashMap::new();
+        let mut changes = Vec::new();
         for update in updates {
             match update {
                 RecordUpdate::File(path, record) => {
                     let key = path.as_bytes().to_vec();
-                    self.merge_into(&mut batch, &self.files, "file", &mut files_seen, key, record)?;
+                    let entry = EntryKey::File(path.clone());
+                    changes.push(self.merge_into(
+                        &mut batch,
+                        &self.files,
+                        "file",
+                        &mut files_seen,
+                        entry,
+                        key,
+                        record,
+                    )?);
                 }
                 RecordUpdate::Dir(path, record) => {
-                    for (name, entry) in &record.children {
+                    for (name, dir_entry) in &record.children {
                         let key = entry_key(path, name);
-                        self.merge_into(
+                        let entry = EntryKey::Entry { dir: path.clone(), name: name.clone() };
+                        changes.push(self.merge_into(
                             &mut batch,
                             &self.dir_entries,
                             "directory entry",
                             &mut entries_seen,
-                            key,
                             entry,
-                        )?;
+                            key,
+                            dir_entry,
+                        )?);
                     }
                 }
             }
         }
         batch.commit()?;
+        // Still under the merge lock: the cache follows commits in their order.
+        self.apply_cache_changes(changes);
         Ok(())
     }
 
@@ -494,6 +565,28 @@ impl Store for FjallStore {
         if let Some(capacity) = self.config.capacity_bytes {
             available_bytes = available_bytes.min(capacity.saturating_sub(used_bytes));
         }
-        Ok(Usage { used_bytes, available_bytes })
+        Ok(Usage { used_bytes, available_bytes, capacity_bytes: self.capacity_bytes()? })
+    }
+
+    fn digest(&self, kind: DigestKind, prefix: Prefix) -> Result<Digest, StoreError> {
+        digest::digest(self, kind, prefix)
+    }
+
+    fn digest_children(&self, kind: DigestKind, prefix: Prefix, fanout_bits: u8) -> Result<Vec<Digest>, StoreError> {
+        digest::digest_children(self, kind, prefix, fanout_bits)
+    }
+
+    fn digest_entries(
+        &self,
+        kind: DigestKind,
+        prefix: Prefix,
+        after: Option<&EntryKey>,
+        limit: usize,
+    ) -> Result<Vec<DigestEntry>, StoreError> {
+        digest::digest_entries(self, kind, prefix, after, limit)
+    }
+
+    fn digest_len(&self, kind: DigestKind) -> Result<u64, StoreError> {
+        Ok(self.lock_digests().entries(kind))
     }
 }

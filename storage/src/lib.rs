@@ -16,7 +16,9 @@
 #![forbid(unsafe_code)]
 
 mod block;
+mod digest;
 mod error;
+mod fjall_digests;
 mod fjall_store;
 mod group_commit;
 mod mem_store;
@@ -24,6 +26,7 @@ mod record;
 mod store;
 
 pub use block::BlockHash;
+pub use digest::{CACHE_BITS, Digest, DigestEntry, DigestKind, EntryKey, Prefix, position};
 pub use error::StoreError;
 pub use fjall_store::{FjallStore, FjallStoreConfig};
 pub use group_commit::GroupCommit;

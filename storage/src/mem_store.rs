@@ -1,11 +1,16 @@
 //! The simulator's backend: in memory, with a crash model.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use crate::{BlockHash, DirEntry, DirRecord, FileRecord, GroupCommit, Merge, RecordUpdate, Store, StoreError, Usage};
+use crate::digest::{self, DigestCache, PositionIndex};
+use crate::{
+    BlockHash, Digest, DigestEntry, DigestKind, DirEntry, DirRecord, EntryKey, FileRecord, GroupCommit, Merge, Prefix,
+    RecordUpdate, Store, StoreError, Usage,
+};
 
 /// An in-memory [`Store`] whose [`crash`](MemStore::crash) loses every write not yet synced,
 /// the way a power cut loses what was only in OS buffers. Writes become durable in the order
@@ -22,6 +27,10 @@ struct Tables {
     files: BTreeMap<String, FileRecord>,
     /// Entries by directory, then by name: merged one by one, like the fjall backend's keys.
     dirs: BTreeMap<String, BTreeMap<String, DirEntry>>,
+    /// The position index (`EntryKey::index_key` -> entry hash) and its cached digests,
+    /// changed with the entries, so a crash keeps them consistent with what survived.
+    index: BTreeMap<Vec<u8>, Digest>,
+    cache: DigestCache,
 }
 
 impl Tables {
@@ -30,20 +39,30 @@ impl Tables {
     }
 
     fn apply(&mut self, op: Op) {
-        match op {
+        let (key, hash) = match op {
             Op::PutBlock(hash, bytes) => {
                 self.blocks.insert(hash, bytes);
+                (EntryKey::Block(hash), Some(EntryKey::Block(hash).hash(&[])))
             }
             Op::DeleteBlock(hash) => {
                 self.blocks.remove(&hash);
+                (EntryKey::Block(hash), None)
             }
-            Op::File(path, record) => {
-                self.files.insert(path, record);
+            Op::File(path, record, hash) => {
+                self.files.insert(path.clone(), record);
+                (EntryKey::File(path), Some(hash))
             }
-            Op::DirEntry(dir, name, entry) => {
-                self.dirs.entry(dir).or_default().insert(name, entry);
+            Op::DirEntry(dir, name, entry, hash) => {
+                self.dirs.entry(dir.clone()).or_default().insert(name.clone(), entry);
+                (EntryKey::Entry { dir, name }, Some(hash))
             }
-        }
+        };
+        let index_key = key.index_key();
+        let old = match hash {
+            Some(hash) => self.index.insert(index_key, hash),
+            None => self.index.remove(&index_key),
+        };
+        self.cache.apply(key.kind(), key.position(), old.as_ref(), hash.as_ref());
     }
 }
 
@@ -53,8 +72,8 @@ impl Tables {
 enum Op {
     PutBlock(BlockHash, Bytes),
     DeleteBlock(BlockHash),
-    File(String, FileRecord),
-    DirEntry(String, String, DirEntry),
+    File(String, FileRecord, Digest),
+    DirEntry(String, String, DirEntry, Digest),
 }
 
 #[derive(Default)]
@@ -131,7 +150,6 @@ impl MemStore {
 
 impl Store for MemStore {
     fn scan_files(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, FileRecord)>, StoreError> {
-        use std::ops::Bound;
         let state = self.lock();
         let start = after.map_or(Bound::Unbounded, |after| Bound::Excluded(after.to_string()));
         let files = state.visible.files.range((start, Bound::Unbounded));
@@ -156,7 +174,6 @@ impl Store for MemStore {
     }
 
     fn scan_blocks(&self, after: Option<&BlockHash>, limit: usize) -> Result<Vec<BlockHash>, StoreError> {
-        use std::ops::Bound;
         let state = self.lock();
         let start = after.map_or(Bound::Unbounded, |after| Bound::Excluded(*after));
         Ok(state.visible.blocks.range((start, Bound::Unbounded)).take(limit).map(|(hash, _)| *hash).collect())
@@ -219,13 +236,16 @@ impl Store for MemStore {
                         Some(stored) => stored.clone().merge(record.clone()),
                         None => record.clone(),
                     };
-                    Self::write(&mut state, Op::File(path.clone(), merged));
+                    let hash = digest::record_hash(&EntryKey::File(path.clone()), &merged)?;
+                    Self::write(&mut state, Op::File(path.clone(), merged, hash));
                 }
                 RecordUpdate::Dir(path, record) => {
                     for (name, entry) in &record.children {
                         let stored = state.visible.dirs.get(path).and_then(|entries| entries.get(name)).copied();
                         let merged = stored.map_or(*entry, |stored| stored.merge(*entry));
-                        Self::write(&mut state, Op::DirEntry(path.clone(), name.clone(), merged));
+                        let key = EntryKey::Entry { dir: path.clone(), name: name.clone() };
+                        let hash = digest::record_hash(&key, &merged)?;
+                        Self::write(&mut state, Op::DirEntry(path.clone(), name.clone(), merged, hash));
                     }
                 }
             }
@@ -254,7 +274,49 @@ impl Store for MemStore {
 
     fn usage(&self) -> Result<Usage, StoreError> {
         let used_bytes = self.lock().block_bytes;
-        Ok(Usage { used_bytes, available_bytes: self.capacity_bytes.saturating_sub(used_bytes) })
+        Ok(Usage {
+            used_bytes,
+            available_bytes: self.capacity_bytes.saturating_sub(used_bytes),
+            capacity_bytes: self.capacity_bytes,
+        })
+    }
+
+    fn digest(&self, kind: DigestKind, prefix: Prefix) -> Result<Digest, StoreError> {
+        digest::digest(self, kind, prefix)
+    }
+
+    fn digest_children(&self, kind: DigestKind, prefix: Prefix, fanout_bits: u8) -> Result<Vec<Digest>, StoreError> {
+        digest::digest_children(self, kind, prefix, fanout_bits)
+    }
+
+    fn digest_entries(
+        &self,
+        kind: DigestKind,
+        prefix: Prefix,
+        after: Option<&EntryKey>,
+        limit: usize,
+    ) -> Result<Vec<DigestEntry>, StoreError> {
+        digest::digest_entries(self, kind, prefix, after, limit)
+    }
+
+    fn digest_len(&self, kind: DigestKind) -> Result<u64, StoreError> {
+        Ok(self.lock().visible.cache.entries(kind))
+    }
+}
+
+impl PositionIndex for MemStore {
+    fn cached(&self, kind: DigestKind, prefix: Prefix) -> Option<Digest> {
+        self.lock().visible.cache.digest(kind, prefix)
+    }
+
+    fn scan(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], Digest) -> bool) -> Result<(), StoreError> {
+        let state = self.lock();
+        for (key, hash) in state.visible.index.range::<[u8], _>((Bound::Included(from), Bound::Excluded(to))) {
+            if !visit(key, *hash) {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 

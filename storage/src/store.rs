@@ -2,7 +2,9 @@
 
 use bytes::Bytes;
 
-use crate::{BlockHash, DirEntry, DirRecord, FileRecord, StoreError};
+use crate::{
+    BlockHash, Digest, DigestEntry, DigestKind, DirEntry, DirRecord, EntryKey, FileRecord, Prefix, StoreError,
+};
 
 /// A record write, merged into whatever the store already holds for that key.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -23,6 +25,9 @@ pub struct Usage {
     /// Bytes still available for data (free disk space above the reserve, or what is left of
     /// the configured capacity, whichever is smaller).
     pub available_bytes: u64,
+    /// The stable capacity the node offers (the configured capacity, or the disk's size less
+    /// the reserve): what the ring weighs it by. Free space never changes the ring.
+    pub capacity_bytes: u64,
 }
 
 /// Local storage of one node. Synchronous: callers off the async runtime (fjall blocks).
@@ -89,4 +94,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Up to `limit` names of stored blocks after `after` (exclusive), in order.
     fn scan_blocks(&self, after: Option<&BlockHash>, limit: usize) -> Result<Vec<BlockHash>, StoreError>;
+
+    /// The digest of every entry of `kind` under `prefix` (docs/ARCHITECTURE.md §7): equal
+    /// in two stores exactly when they hold the same entries there, values included (up to
+    /// hash collisions). Kept current by every write.
+    fn digest(&self, kind: DigestKind, prefix: Prefix) -> Result<Digest, StoreError>;
+
+    /// The digests of `prefix`'s `2^fanout_bits` children, `fanout_bits` (at most 16) deeper,
+    /// in order. One range scan at most; none at or above depth [`CACHE_BITS`](crate::CACHE_BITS).
+    fn digest_children(&self, kind: DigestKind, prefix: Prefix, fanout_bits: u8) -> Result<Vec<Digest>, StoreError>;
+
+    /// Up to `limit` entries of `kind` under `prefix` with their hashes, in position order,
+    /// after `after` (exclusive): what two stores exchange where their digests differ.
+    fn digest_entries(
+        &self,
+        kind: DigestKind,
+        prefix: Prefix,
+        after: Option<&EntryKey>,
+        limit: usize,
+    ) -> Result<Vec<DigestEntry>, StoreError>;
+
+    /// How many entries of `kind` the digests cover.
+    fn digest_len(&self, kind: DigestKind) -> Result<u64, StoreError>;
 }

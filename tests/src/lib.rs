@@ -264,3 +264,40 @@ pub fn free_port_range(count: u16) -> u16 {
     }
     panic!("no {count} consecutive free loopback ports found in {ATTEMPTS} attempts");
 }
+
+/// Waits until every node has every other alive in its ring, then for a 1 s transition to
+/// end (nodes started with `--transition-secs 1`).
+pub async fn wait_for_ring(nodes: &[&ShoalProcess], size: usize) {
+    let start = Instant::now();
+    loop {
+        let mut ready = true;
+        for node in nodes {
+            let status = node.client().status().await.expect("status");
+            let in_ring = status.members.iter().filter(|m| m.state == "alive" && m.ring_share_percent > 0.0).count();
+            ready &= in_ring == size;
+        }
+        if ready {
+            // Let the placement drop the previous ring (1 s transition, refreshed every 200 ms).
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let mut views = String::new();
+            for node in nodes {
+                views.push_str(&format!("{:#?}\n", node.client().status().await.map(|s| s.members)));
+            }
+            panic!("the ring did not form within 30 s:\n{views}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A counter or gauge from a node's `/metrics`, 0 if absent.
+pub async fn metric(node: &ShoalProcess, name: &str) -> u64 {
+    let url = format!("{}/metrics", node.url());
+    let text = reqwest::get(&url).await.expect("metrics").text().await.expect("metrics body");
+    text.lines()
+        .find(|line| line.starts_with(name) && !line.starts_with('#'))
+        .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
+}

@@ -167,6 +167,10 @@ impl Cluster {
                 let (members, transition) = (placement.ring().members().len(), placement.in_transition());
                 tracing::debug!(members, transition, "placement changed");
             }
+            Event::RingChanged { members } => {
+                metrics.ring_changes.inc();
+                tracing::info!(members, "the ring changed");
+            }
             Event::RepairsSent(count) => {
                 metrics.read_repairs.inc_by(count);
             }

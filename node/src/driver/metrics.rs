@@ -40,6 +40,8 @@ pub struct Metrics {
     pub gossip_dropped: Family<DropLabels, Counter>,
     /// Records written to replicas found stale by a read (read repair).
     pub read_repairs: Counter,
+    /// Ring changes this node saw (members, zones or capacities; never free space).
+    pub ring_changes: Counter,
     /// Writes answered as in doubt (no write quorum, but possibly applied somewhere).
     pub writes_in_doubt: Counter,
     /// RPC connections closed because of what the peer sent, by reason.
@@ -104,6 +106,8 @@ impl Metrics {
         registry.register("gossip_dropped", "Gossip datagrams dropped, by reason", gossip_dropped.clone());
         let read_repairs = Counter::default();
         registry.register("read_repairs", "Stale replicas repaired by reads", read_repairs.clone());
+        let ring_changes = Counter::default();
+        registry.register("ring_changes", "Ring changes seen (membership or configuration)", ring_changes.clone());
         let writes_in_doubt = Counter::default();
         registry.register("writes_in_doubt", "Writes answered as in doubt", writes_in_doubt.clone());
         let rpc_rejected = Family::<DropLabels, Counter>::default();
@@ -120,6 +124,7 @@ impl Metrics {
         registry.register("members", "Members by state in this node's view", members.clone());
         Self {
             read_repairs,
+            ring_changes,
             writes_in_doubt,
             rpc_rejected,
             rpc_connections_accepted,

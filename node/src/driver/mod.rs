@@ -123,7 +123,9 @@ impl Node {
             generation,
             version: 0,
             zone: config.zone.clone(),
-            capacity_bytes: usage.used_bytes + usage.available_bytes,
+            // A stable capacity, never free space: the ring changes only when the cluster or
+            // its configuration does.
+            capacity_bytes: usage.capacity_bytes,
             http_addr,
             rpc_addr: cluster_addr,
             status: RecordStatus::Active,
@@ -274,12 +276,7 @@ async fn refresh_disk_usage(store: Arc<FjallStore>, gossip: Gossip, config: shoa
         let Ok(Ok(usage)) = tokio::task::spawn_blocking(move || store.usage()).await else { continue };
         if config.usage_worth_publishing(published, usage.used_bytes) {
             published = Some(usage.used_bytes);
-            gossip
-                .update_record(move |record| {
-                    record.disk_used_bytes = usage.used_bytes;
-                    record.capacity_bytes = usage.used_bytes + usage.available_bytes;
-                })
-                .await;
+            gossip.update_record(move |record| record.disk_used_bytes = usage.used_bytes).await;
         }
     }
 }

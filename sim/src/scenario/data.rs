@@ -65,6 +65,7 @@ fn heal_and_check(sim: &mut Sim, rng: &mut StdRng, keep_down: &[usize]) -> Resul
             ),
         ),
         fact("placement changes (all nodes)", stats.placement_changes),
+        fact("ring changes (all nodes)", stats.ring_changes),
         fact("hand-off pushes (all nodes)", stats.handoff_pushes),
     ])
 }

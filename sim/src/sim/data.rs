@@ -65,6 +65,8 @@ pub struct DataStats {
     pub read_repairs: u64,
     /// Times a node's placement changed (ring changes and transitions ending).
     pub placement_changes: u64,
+    /// Times a node's ring changed (members, zones or capacities).
+    pub ring_changes: u64,
     /// Records and blocks pushed by hand-offs after ring changes.
     pub handoff_pushes: u64,
     /// Client operations started.
@@ -391,6 +393,7 @@ impl Sim {
                 tracing::debug!(node = index, ?members, transition, "placement changed");
                 self.record_action(format_args!("placement {index} {members:?} transition={transition}"));
             }
+            Event::RingChanged { .. } => stats.ring_changes += 1,
             Event::HandoffPushed { pushed, .. } => stats.handoff_pushes += pushed,
             Event::HandoffEnded { pushed, succeeded } => {
                 self.record_action(format_args!("hand-off {index} done: {pushed} pushed, succeeded={succeeded}"));

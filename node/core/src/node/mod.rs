@@ -70,6 +70,12 @@ pub enum Event {
     Ready,
     /// The placement changed: a ring change, a transition ending, or more members known.
     PlacementChanged(Arc<Placement>),
+    /// The ring itself changed (members, zones or capacities), before the
+    /// [`Event::PlacementChanged`] that carries it: ownership moves.
+    RingChanged {
+        /// Members in the new ring.
+        members: usize,
+    },
     /// The members the placement remembers changed: persist them, and give them back to
     /// [`NodeCore::new`] after a restart.
     KnownMembers(Vec<KnownMember>),

@@ -115,6 +115,9 @@ impl<S: Store> NodeCore<S> {
             self.out.events.push_back(Event::KnownMembers(known));
         }
         let Some(placement) = changed else { return };
+        if placement.ring().members() != view.placement.ring().members() {
+            self.out.events.push_back(Event::RingChanged { members: placement.ring().members().len() });
+        }
         view.placement = placement.clone();
         self.out.events.push_back(Event::PlacementChanged(placement.clone()));
         self.placement_changed(placement);

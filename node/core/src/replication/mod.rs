@@ -14,7 +14,7 @@ pub use coordinator::{Coordinator, FileOp, FileOutcome};
 pub use handoff::{Handoff, HandoffReport};
 pub use local::LocalCluster;
 pub use messages::{BlockRpc, RecordKey, RecordRpc, RecordValue, Refusal, Reply, Request, RpcError};
-pub use placement::{KnownMember, Placement, PlacementTracker, Quorum};
+pub use placement::{KnownMember, Placement, PlacementTracker, Quorum, partition_of};
 pub use quorum::{FetchBlock, Op, Outgoing, QuorumFailure, ReadKeys, WriteQuorum};
 
 #[cfg(test)]

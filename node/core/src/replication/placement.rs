@@ -12,8 +12,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use shoal_membership::{MemberState, MemberView, Ring, RingMember};
+use shoal_membership::{MemberState, MemberView, Partition, Ring, RingMember};
 use shoal_storage::NodeId;
+
+/// The partition of a key placed by `key` (a path, a directory, a block's hash).
+pub fn partition_of(key: &[u8]) -> Partition {
+    Partition::of_position(shoal_storage::position(key))
+}
 
 /// Replication factor and quorum sizes (docs/ARCHITECTURE.md §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +99,8 @@ impl Placement {
     /// alone, cannot acknowledge a write nobody else holds. A previous set needs at most its
     /// size: readers still on that (smaller, forming) ring asked only those owners.
     pub fn quorum_sets(&self, key: &[u8], size: usize) -> Vec<(Vec<NodeId>, usize)> {
-        let owners = |ring: &Ring| ring.owners(key).map(|m| NodeId(m.node_id)).collect::<Vec<_>>();
+        let partition = partition_of(key);
+        let owners = |ring: &Ring| ring.owners(partition).map(|m| NodeId(m.node_id)).collect::<Vec<_>>();
         let need = size.min(self.members_known).max(1);
         let current = owners(&self.current);
         let mut sets = vec![(current.clone(), need)];
@@ -117,20 +123,14 @@ impl Placement {
     /// transition.
     pub fn new_owners(&self, key: &[u8]) -> Vec<NodeId> {
         let Some(previous) = &self.previous else { return Vec::new() };
-        let old: Vec<u128> = previous.owners(key).map(|m| m.node_id).collect();
+        let partition = partition_of(key);
+        let old: Vec<u128> = previous.owners(partition).map(|m| m.node_id).collect();
         self.current
-            .owners(key)
+            .owners(partition)
             .filter(|m| !old.contains(&m.node_id) && m.node_id != self.this.0)
             .map(|m| NodeId(m.node_id))
             .collect()
     }
-}
-
-/// The capacity a member's virtual nodes follow: rounded down to a power of two, so the ring
-/// moves when a member's capacity really changes (a disk added), not every time its free
-/// space drifts by a few bytes.
-fn stable_capacity(capacity_bytes: u64) -> u64 {
-    if capacity_bytes == 0 { 0 } else { 1 << (63 - capacity_bytes.leading_zeros()) }
 }
 
 /// A member as the placement remembers it, across restarts too (the driver persists these):
@@ -241,7 +241,7 @@ impl PlacementTracker {
             .map(|known| RingMember {
                 node_id: known.member.node_id,
                 zone: known.member.zone.clone(),
-                capacity_bytes: stable_capacity(known.member.capacity_bytes),
+                capacity_bytes: known.member.capacity_bytes,
             })
             .collect()
     }
@@ -433,16 +433,16 @@ mod tests {
     }
 
     #[test]
-    fn free_space_drifting_is_not_a_ring_change_and_a_transition_waits_for_the_hand_off() {
+    fn disk_usage_changing_is_not_a_ring_change_and_a_transition_waits_for_the_hand_off() {
         let mut tracker = tracker(Vec::new());
         tracker.update(0, &views(1..=3));
         let grown = tracker.update(10, &views(1..=4)).expect("a fourth member");
         assert!(grown.in_transition());
         let mut drifted = views(1..=4);
         if let Some(record) = drifted[1].record.as_mut() {
-            record.capacity_bytes += 4096;
+            record.disk_used_bytes += 1 << 30;
         }
-        assert!(tracker.update(500, &drifted).is_none(), "a few bytes of free space are not a new ring");
+        assert!(tracker.update(500, &drifted).is_none(), "a member filling its disk is not a new ring");
         assert!(tracker.update(5_000, &drifted).is_none(), "time is up, but the hand-off is not done");
         tracker.handoff_finished();
         assert!(!tracker.update(5_001, &drifted).expect("now it ends").in_transition());
