@@ -23,6 +23,11 @@ use crate::{BlockHash, StoreError};
 /// Depth of the cached digests: one per prefix of this many bits, per kind.
 pub const CACHE_BITS: u8 = 12;
 
+/// A directory entry's position is its directory's in these top bits and its name's below:
+/// any partitioning of up to this many bits keeps a directory whole, and the entries of a
+/// directory of a million children still spread over the tree below.
+pub const DIRECTORY_BITS: u32 = 32;
+
 /// The position of an entry placed by `placement_key`: the first 8 bytes of its BLAKE3 hash.
 /// The ring names partitions by the top bits of positions, so a partition is a subtree.
 pub fn position(placement_key: &[u8]) -> u64 {
@@ -190,9 +195,17 @@ impl EntryKey {
         }
     }
 
-    /// Its position.
+    /// Its position in the digest tree: its placement's, except that a directory entry's low
+    /// bits come from its name ([`DIRECTORY_BITS`]).
     pub fn position(&self) -> u64 {
-        position(self.placement())
+        let placed = position(self.placement());
+        match self {
+            EntryKey::Entry { .. } => {
+                let low = u64::MAX >> DIRECTORY_BITS;
+                (placed & !low) | (position(&self.key_bytes()) & low)
+            }
+            _ => placed,
+        }
     }
 
     /// The entry's key bytes within its kind (paths, `dir \0 name`, a block's 32 bytes).
@@ -494,6 +507,15 @@ mod tests {
             assert!(start <= key.index_key() && key.index_key() < end);
         }
         assert!(EntryKey::from_index_key(&[9, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn a_directorys_entries_share_its_top_bits_and_spread_below() {
+        let entry = |name: &str| EntryKey::Entry { dir: "/big".into(), name: name.into() };
+        let dir = position(b"/big");
+        let top = |p: u64| p >> (64 - DIRECTORY_BITS);
+        assert!((0..100).all(|i| top(entry(&format!("f{i}")).position()) == top(dir)));
+        assert_ne!(entry("a").position(), entry("b").position());
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod record;
 mod store;
 
 pub use block::BlockHash;
-pub use digest::{CACHE_BITS, Digest, DigestEntry, DigestKind, EntryKey, Prefix, position};
+pub use digest::{CACHE_BITS, DIRECTORY_BITS, Digest, DigestEntry, DigestKind, EntryKey, Prefix, position};
 pub use error::StoreError;
 pub use fjall_store::{FjallStore, FjallStoreConfig};
 pub use group_commit::GroupCommit;

@@ -542,6 +542,9 @@ fn trace_request(trace: &mut blake3::Hasher, request: &Request) {
         Request::Record(RecordRpc::Merge(updates)) => {
             trace.update(format!("merge {updates:?}").as_bytes());
         }
+        Request::Sync(rpc) => {
+            trace.update(format!("sync {rpc:?}").as_bytes());
+        }
     }
 }
 

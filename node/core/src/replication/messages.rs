@@ -4,7 +4,11 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use shoal_storage::{BlockHash, DirEntry, DirRecord, FileRecord, RecordUpdate, StoreError, Version};
+use shoal_storage::{
+    BlockHash, DigestKind, DirEntry, DirRecord, EntryKey, FileRecord, Prefix, RecordUpdate, StoreError, Version,
+};
+
+use super::digests::PartitionSet;
 
 /// A record as replicas store it. Every key of a directory (its listing and each entry) is
 /// placed by the directory's path, so one owner set answers for a whole directory.
@@ -131,6 +135,40 @@ pub enum BlockRpc {
     Get(BlockHash),
 }
 
+/// Anti-entropy messages (docs/ARCHITECTURE.md §7): digests of what a replica holds, and
+/// the records where two replicas differ. A replica answers each from its store alone, so an
+/// exchange keeps no state on the side that answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncRpc {
+    /// The root digest of each kind over `partitions` (answered by [`Reply::Roots`]).
+    Roots {
+        /// The partitions compared.
+        partitions: PartitionSet,
+    },
+    /// The digests of each prefix's children, [`FANOUT_BITS`](super::digests::FANOUT_BITS)
+    /// deeper; above partition depth only `partitions` count (answered by
+    /// [`Reply::Digests`]).
+    Children {
+        /// The tree.
+        kind: DigestKind,
+        /// The partitions compared.
+        partitions: PartitionSet,
+        /// The tree nodes to open.
+        prefixes: Vec<Prefix>,
+    },
+    /// The entries under each prefix, at most `limit` each (answered by [`Reply::Entries`]).
+    Entries {
+        /// The tree.
+        kind: DigestKind,
+        /// The leaves to list.
+        prefixes: Vec<Prefix>,
+        /// Entries per prefix at most; a prefix with more is listed as far as that.
+        limit: u32,
+    },
+    /// The records held for these keys (answered by [`Reply::Records`]).
+    Fetch(Vec<EntryKey>),
+}
+
 /// A request from a coordinator to a replica.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -138,6 +176,8 @@ pub enum Request {
     Record(RecordRpc),
     /// About blocks.
     Block(BlockRpc),
+    /// Anti-entropy.
+    Sync(SyncRpc),
 }
 
 /// A replica's answer.
@@ -150,6 +190,15 @@ pub enum Reply {
     /// The answer to [`BlockRpc::Get`]: the verified bytes, or `None` if this replica has no
     /// good copy.
     Block(Option<Bytes>),
+    /// The answer to [`SyncRpc::Roots`]: the short digest of each kind, in
+    /// [`DigestKind::ALL`] order.
+    Roots(Vec<u64>),
+    /// The answer to [`SyncRpc::Children`]: per prefix, its children's short digests.
+    Digests(Vec<Vec<u64>>),
+    /// The answer to [`SyncRpc::Entries`]: per prefix, its entries with their short hashes.
+    Entries(Vec<Vec<(EntryKey, u64)>>),
+    /// The answer to [`SyncRpc::Fetch`]: what is held for those keys (absent ones left out).
+    Records(Vec<RecordUpdate>),
     /// The replica could not do it; nothing changed there.
     Refused(Refusal),
 }

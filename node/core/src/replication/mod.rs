@@ -3,19 +3,23 @@
 //! requests and take replies; the tokio driver and the simulator carry them.
 
 pub mod coordinator;
+pub mod digests;
 pub mod handoff;
 pub mod local;
 pub mod messages;
 pub mod placement;
 pub mod quorum;
 pub mod replica;
+pub mod sync;
 
 pub use coordinator::{Coordinator, FileOp, FileOutcome};
+pub use digests::PartitionSet;
 pub use handoff::{Handoff, HandoffReport};
 pub use local::LocalCluster;
-pub use messages::{BlockRpc, RecordKey, RecordRpc, RecordValue, Refusal, Reply, Request, RpcError};
+pub use messages::{BlockRpc, RecordKey, RecordRpc, RecordValue, Refusal, Reply, Request, RpcError, SyncRpc};
 pub use placement::{KnownMember, Placement, PlacementTracker, Quorum, partition_of};
 pub use quorum::{FetchBlock, Op, Outgoing, QuorumFailure, ReadKeys, WriteQuorum};
+pub use sync::{SyncReport, SyncSession};
 
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 
 use shoal_storage::{Store, StoreError};
 
+use super::digests::serve_sync;
 use super::messages::{BlockRpc, RecordKey, RecordRpc, RecordValue, Reply, Request};
 
 /// Carries out `request` on `store`. Writes are durable (synced) before the reply says so.
@@ -43,5 +44,6 @@ fn handle<S: Store + ?Sized>(store: &S, request: Request) -> Result<Reply, Store
             }
             Err(err) => return Err(err),
         },
+        Request::Sync(rpc) => serve_sync(store, rpc)?,
     })
 }
