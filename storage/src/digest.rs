@@ -75,8 +75,8 @@ impl Digest {
 
     /// Adds (or, being XOR, removes) `other`'s entries.
     pub fn toggle(&mut self, other: &Digest) {
-        for (byte, theirs) in self.0.iter_mut().zip(other.0) {
-            *byte ^= theirs;
+        for i in 0..32 {
+            self.0[i] ^= other.0[i];
         }
     }
 
@@ -329,6 +329,41 @@ impl DigestCache {
         self.entries[kind.index()]
     }
 
+    /// The digests of `prefix`'s children `fanout_bits` deeper, if they are at depth
+    /// [`CACHE_BITS`] or above: one pass over the cached slots beneath.
+    pub fn children(&self, kind: DigestKind, prefix: Prefix, fanout_bits: u8) -> Option<Vec<Digest>> {
+        let child_bits = prefix.bits.checked_add(fanout_bits).filter(|bits| *bits <= CACHE_BITS)?;
+        let per_child = 1usize << (CACHE_BITS - child_bits);
+        let first = (prefix.value as usize) << (CACHE_BITS - prefix.bits);
+        let slots = &self.kinds[kind.index()][first..first + (per_child << fanout_bits)];
+        Some(
+            slots
+                .chunks(per_child)
+                .map(|chunk| {
+                    let mut digest = Digest::EMPTY;
+                    chunk.iter().for_each(|slot| digest.toggle(slot));
+                    digest
+                })
+                .collect(),
+        )
+    }
+
+    /// The XOR of the digests of the cached `prefixes`; the deeper ones are handed back.
+    pub fn sum(&self, kind: DigestKind, prefixes: &mut dyn Iterator<Item = Prefix>) -> (Digest, Vec<Prefix>) {
+        let mut sum = Digest::EMPTY;
+        let mut deep = Vec::new();
+        for prefix in prefixes {
+            if prefix.bits == CACHE_BITS {
+                sum.toggle(&self.kinds[kind.index()][prefix.value as usize]);
+            } else if let Some(digest) = self.digest(kind, prefix) {
+                sum.toggle(&digest);
+            } else {
+                deep.push(prefix);
+            }
+        }
+        (sum, deep)
+    }
+
     /// The digest of `prefix` if it is at depth [`CACHE_BITS`] or above.
     pub fn digest(&self, kind: DigestKind, prefix: Prefix) -> Option<Digest> {
         if prefix.bits > CACHE_BITS {
@@ -385,6 +420,13 @@ pub(crate) trait PositionIndex {
     /// The cached digest of `prefix`, if it is shallow enough to be cached.
     fn cached(&self, kind: DigestKind, prefix: Prefix) -> Option<Digest>;
 
+    /// The XOR of the cached digests of `prefixes` that are shallow enough to be cached; the
+    /// others are handed back.
+    fn cached_sum(&self, kind: DigestKind, prefixes: &mut dyn Iterator<Item = Prefix>) -> (Digest, Vec<Prefix>);
+
+    /// The cached digests of `prefix`'s children, if they are shallow enough to be cached.
+    fn cached_children(&self, kind: DigestKind, prefix: Prefix, fanout_bits: u8) -> Option<Vec<Digest>>;
+
     /// Visits the index entries with keys in `from..to`, in order, until `visit` says stop.
     fn scan(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], Digest) -> bool) -> Result<(), StoreError>;
 }
@@ -411,6 +453,18 @@ pub(crate) fn digest(index: &impl PositionIndex, kind: DigestKind, prefix: Prefi
     Ok(digest)
 }
 
+pub(crate) fn digest_sum(
+    index: &impl PositionIndex,
+    kind: DigestKind,
+    prefixes: &mut dyn Iterator<Item = Prefix>,
+) -> Result<Digest, StoreError> {
+    let (mut sum, deep) = index.cached_sum(kind, prefixes);
+    for prefix in deep {
+        sum.toggle(&digest(index, kind, prefix)?);
+    }
+    Ok(sum)
+}
+
 pub(crate) fn digest_children(
     index: &impl PositionIndex,
     kind: DigestKind,
@@ -418,9 +472,8 @@ pub(crate) fn digest_children(
     fanout_bits: u8,
 ) -> Result<Vec<Digest>, StoreError> {
     check_fanout(prefix, fanout_bits)?;
-    if prefix.bits() + fanout_bits <= CACHE_BITS {
-        let children = prefix.children(fanout_bits).into_iter().flatten();
-        return Ok(children.map(|child| index.cached(kind, child).unwrap_or_default()).collect());
+    if let Some(children) = index.cached_children(kind, prefix, fanout_bits) {
+        return Ok(children);
     }
     let (from, to) = index_range(kind, prefix);
     let mut entries = Vec::new();

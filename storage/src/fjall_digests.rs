@@ -175,6 +175,14 @@ impl PositionIndex for FjallStore {
         self.lock_digests().digest(kind, prefix)
     }
 
+    fn cached_sum(&self, kind: DigestKind, prefixes: &mut dyn Iterator<Item = Prefix>) -> (Digest, Vec<Prefix>) {
+        self.lock_digests().sum(kind, prefixes)
+    }
+
+    fn cached_children(&self, kind: DigestKind, prefix: Prefix, fanout_bits: u8) -> Option<Vec<Digest>> {
+        self.lock_digests().children(kind, prefix, fanout_bits)
+    }
+
     fn scan(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], Digest) -> bool) -> Result<(), StoreError> {
         for guard in self.digest_index.range::<&[u8], _>(from..to) {
             let (key, value) = guard.into_inner()?;

@@ -586,6 +586,10 @@ impl Store for FjallStore {
         digest::digest_entries(self, kind, prefix, after, limit)
     }
 
+    fn digest_sum(&self, kind: DigestKind, prefixes: &mut dyn Iterator<Item = Prefix>) -> Result<Digest, StoreError> {
+        digest::digest_sum(self, kind, prefixes)
+    }
+
     fn digest_len(&self, kind: DigestKind) -> Result<u64, StoreError> {
         Ok(self.lock_digests().entries(kind))
     }

@@ -299,6 +299,10 @@ impl Store for MemStore {
         digest::digest_entries(self, kind, prefix, after, limit)
     }
 
+    fn digest_sum(&self, kind: DigestKind, prefixes: &mut dyn Iterator<Item = Prefix>) -> Result<Digest, StoreError> {
+        digest::digest_sum(self, kind, prefixes)
+    }
+
     fn digest_len(&self, kind: DigestKind) -> Result<u64, StoreError> {
         Ok(self.lock().visible.cache.entries(kind))
     }
@@ -307,6 +311,14 @@ impl Store for MemStore {
 impl PositionIndex for MemStore {
     fn cached(&self, kind: DigestKind, prefix: Prefix) -> Option<Digest> {
         self.lock().visible.cache.digest(kind, prefix)
+    }
+
+    fn cached_sum(&self, kind: DigestKind, prefixes: &mut dyn Iterator<Item = Prefix>) -> (Digest, Vec<Prefix>) {
+        self.lock().visible.cache.sum(kind, prefixes)
+    }
+
+    fn cached_children(&self, kind: DigestKind, prefix: Prefix, fanout_bits: u8) -> Option<Vec<Digest>> {
+        self.lock().visible.cache.children(kind, prefix, fanout_bits)
     }
 
     fn scan(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], Digest) -> bool) -> Result<(), StoreError> {

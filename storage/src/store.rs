@@ -114,6 +114,10 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DigestEntry>, StoreError>;
 
+    /// The XOR of the digests of `prefixes` (which must not overlap): the digest of their
+    /// union, without one allocation per prefix.
+    fn digest_sum(&self, kind: DigestKind, prefixes: &mut dyn Iterator<Item = Prefix>) -> Result<Digest, StoreError>;
+
     /// How many entries of `kind` the digests cover.
     fn digest_len(&self, kind: DigestKind) -> Result<u64, StoreError>;
 }

@@ -183,6 +183,7 @@ impl Cluster {
             }
             Event::Timeout(to) => tracing::debug!(%to, "a request timed out"),
             Event::Unreachable(to) => tracing::debug!(%to, "no address known for a member"),
+            Event::SyncEnded(report) => metrics.observe_sync(&report),
             Event::HandoffPushed { .. } | Event::HandoffEnded { .. } => {}
         }
     }

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub read_repairs: Counter,
     /// Ring changes this node saw (members, zones or capacities; never free space).
     pub ring_changes: Counter,
+    /// Anti-entropy exchanges this node started, by result.
+    pub sync_exchanges: Family<ResultLabels, Counter>,
+    /// Entries anti-entropy copied, by kind and direction.
+    pub sync_repairs: Family<RepairLabels, Counter>,
     /// Writes answered as in doubt (no write quorum, but possibly applied somewhere).
     pub writes_in_doubt: Counter,
     /// RPC connections closed because of what the peer sent, by reason.
@@ -71,6 +75,22 @@ pub struct DropLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the exchange counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `completed` or `failed`.
+    pub result: &'static str,
+}
+
+/// Labels of the anti-entropy repair counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepairLabels {
+    /// `records` or `blocks`.
+    pub kind: &'static str,
+    /// `pulled` (to this node) or `pushed` (to the peer).
+    pub direction: &'static str,
+}
+
 /// Labels of the member gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -79,6 +99,23 @@ pub struct StateLabels {
 }
 
 impl Metrics {
+    /// Counts one finished anti-entropy exchange.
+    pub fn observe_sync(&self, report: &shoal_core::replication::SyncReport) {
+        let result = if report.failure.is_some() { "failed" } else { "completed" };
+        self.sync_exchanges.get_or_create(&ResultLabels { result }).inc();
+        let counts = [
+            ("records", "pulled", report.records_pulled),
+            ("records", "pushed", report.records_pushed),
+            ("blocks", "pulled", report.blocks_pulled),
+            ("blocks", "pushed", report.blocks_pushed),
+        ];
+        for (kind, direction, count) in counts {
+            if count > 0 {
+                self.sync_repairs.get_or_create(&RepairLabels { kind, direction }).inc_by(count);
+            }
+        }
+    }
+
     /// All metrics at zero, registered under the `shoal` prefix.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("shoal");
@@ -108,6 +145,14 @@ impl Metrics {
         registry.register("read_repairs", "Stale replicas repaired by reads", read_repairs.clone());
         let ring_changes = Counter::default();
         registry.register("ring_changes", "Ring changes seen (membership or configuration)", ring_changes.clone());
+        let sync_exchanges = Family::<ResultLabels, Counter>::default();
+        registry.register("sync_exchanges", "Anti-entropy exchanges started here, by result", sync_exchanges.clone());
+        let sync_repairs = Family::<RepairLabels, Counter>::default();
+        registry.register(
+            "sync_repairs",
+            "Entries copied by anti-entropy, by kind and direction",
+            sync_repairs.clone(),
+        );
         let writes_in_doubt = Counter::default();
         registry.register("writes_in_doubt", "Writes answered as in doubt", writes_in_doubt.clone());
         let rpc_rejected = Family::<DropLabels, Counter>::default();
@@ -125,6 +170,8 @@ impl Metrics {
         Self {
             read_repairs,
             ring_changes,
+            sync_exchanges,
+            sync_repairs,
             writes_in_doubt,
             rpc_rejected,
             rpc_connections_accepted,

@@ -67,6 +67,13 @@ fn heal_and_check(sim: &mut Sim, rng: &mut StdRng, keep_down: &[usize]) -> Resul
         fact("placement changes (all nodes)", stats.placement_changes),
         fact("ring changes (all nodes)", stats.ring_changes),
         fact("hand-off pushes (all nodes)", stats.handoff_pushes),
+        fact(
+            "anti-entropy (all nodes)",
+            format!(
+                "{} exchanges ({} stopped early), {} records and {} blocks copied",
+                stats.sync_exchanges, stats.sync_failed, stats.sync_records, stats.sync_blocks
+            ),
+        ),
     ])
 }
 

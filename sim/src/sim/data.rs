@@ -69,6 +69,14 @@ pub struct DataStats {
     pub ring_changes: u64,
     /// Records and blocks pushed by hand-offs after ring changes.
     pub handoff_pushes: u64,
+    /// Anti-entropy exchanges that ended.
+    pub sync_exchanges: u64,
+    /// Anti-entropy exchanges that stopped early (a peer down, a timeout).
+    pub sync_failed: u64,
+    /// Records anti-entropy copied (either way).
+    pub sync_records: u64,
+    /// Blocks anti-entropy copied (either way).
+    pub sync_blocks: u64,
     /// Client operations started.
     pub client_ops: u64,
 }
@@ -401,6 +409,12 @@ impl Sim {
             Event::RepairsSent(count) => stats.read_repairs += count,
             Event::Timeout(_) => stats.timeouts += 1,
             Event::Unreachable(_) => stats.unreachable += 1,
+            Event::SyncEnded(report) => {
+                stats.sync_exchanges += 1;
+                stats.sync_failed += u64::from(report.failure.is_some());
+                stats.sync_records += report.records_pulled + report.records_pushed;
+                stats.sync_blocks += report.blocks_pulled + report.blocks_pushed;
+            }
             Event::WriteInDoubt | Event::BlockUnavailable(_) => {}
         }
     }
@@ -543,7 +557,9 @@ fn trace_request(trace: &mut blake3::Hasher, request: &Request) {
             trace.update(format!("merge {updates:?}").as_bytes());
         }
         Request::Sync(rpc) => {
-            trace.update(format!("sync {rpc:?}").as_bytes());
+            // Encoded, not formatted: digest exchanges are many and long.
+            trace.update(b"sync");
+            trace.update(&shoal_core::wire::encode_message(rpc).unwrap_or_default());
         }
     }
 }
@@ -555,7 +571,7 @@ fn trace_reply(trace: &mut blake3::Hasher, reply: &Reply) {
             trace.update(bytes);
         }
         other => {
-            trace.update(format!("{other:?}").as_bytes());
+            trace.update(&shoal_core::wire::encode_message(other).unwrap_or_default());
         }
     }
 }

@@ -405,7 +405,7 @@ impl<S: Store> NodeCore<S> {
                 },
                 Err(failure) => Err(FileError::Unavailable(failure.detail)),
             },
-            AnyOutput::Handoff(_) => panic!("a client operation answered with a hand-off report"),
+            AnyOutput::Handoff(_) | AnyOutput::Sync(_) => panic!("a client operation answered with a report"),
         };
         if matches!(answer, Err(FileError::InDoubt(_))) {
             self.out.events.push_back(Event::WriteInDoubt);

@@ -2,6 +2,7 @@
 //! simulator each drive one per node and hold no protocol rule of their own
 //! (docs/ARCHITECTURE.md §2).
 
+mod antientropy;
 mod clients;
 mod config;
 mod handoff;
@@ -15,12 +16,13 @@ use std::sync::Arc;
 
 use shoal_storage::{BlockHash, NodeId, Store};
 
-use crate::replication::{Coordinator, KnownMember, Outgoing, Placement, Reply, Request, RpcError};
+use crate::replication::{Coordinator, KnownMember, Outgoing, Placement, Reply, Request, RpcError, SyncReport};
 
 pub use clients::{Answer, Client, Deleted, Listing, Made, Put, PutProgress, Read, RecordRead, Removed};
 pub use config::CoreConfig;
 pub use store_work::{HandoffCursor, HandoffScan, JobId, ScanBatch, StoreDone, StoreJob, StoreWork};
 
+use antientropy::SyncState;
 use clients::ClientState;
 use config::micros;
 use handoff::HandoffTask;
@@ -104,6 +106,8 @@ pub enum Event {
     WriteInDoubt,
     /// No owner served a verified copy of a block a client read.
     BlockUnavailable(BlockHash),
+    /// An anti-entropy exchange ended (docs/ARCHITECTURE.md §7).
+    SyncEnded(SyncReport),
 }
 
 /// A request in flight and when it times out.
@@ -134,6 +138,8 @@ enum Timer {
     PlacementRefresh,
     /// Run hand-off `epoch` again.
     HandoffRetry { epoch: u64 },
+    /// Start the next anti-entropy exchange.
+    SyncTick,
 }
 
 /// What the caller drains after every input.
@@ -149,8 +155,8 @@ struct Outputs {
 
 /// One Shoal node as a state machine that does no IO: it coordinates clients' file
 /// operations across the owners, serves its peers' requests from its store, follows the
-/// membership (readiness, placement, transitions, eviction) and hands data to new owners
-/// after a ring change.
+/// membership (readiness, placement, transitions, eviction), hands data to new owners
+/// after a ring change and repairs what it shares with its co-owners (anti-entropy).
 ///
 /// **Inputs** (each with `now_us`, this node's wall clock in µs since the Unix epoch; every
 /// deadline the core reports is on the same clock):
@@ -196,6 +202,7 @@ pub struct NodeCore<S> {
     next_client: u64,
     handoff: Option<HandoffTask>,
     handoff_epoch: u64,
+    sync: SyncState,
     out: Outputs,
 }
 
@@ -232,9 +239,11 @@ impl<S: Store> NodeCore<S> {
             next_client: 0,
             handoff: None,
             handoff_epoch: 0,
+            sync: SyncState::default(),
             out: Outputs::default(),
         };
         core.arm(now_us + micros(core.config.placement_refresh), Timer::PlacementRefresh);
+        core.arm(now_us + micros(core.config.sync_interval), Timer::SyncTick);
         core
     }
 
@@ -324,6 +333,7 @@ impl<S: Store> NodeCore<S> {
                     self.arm(now_us + micros(self.config.placement_refresh), Timer::PlacementRefresh);
                 }
                 Timer::HandoffRetry { epoch } => self.retry_handoff(now_us, epoch),
+                Timer::SyncTick => self.sync_tick(now_us),
             }
             self.settle(now_us);
         }
@@ -415,6 +425,7 @@ impl<S: Store> NodeCore<S> {
             match purpose {
                 Purpose::Client { client, part } => self.client_progress(now_us, client, part, outcome),
                 Purpose::Handoff { epoch } => self.handoff_pushed(now_us, epoch, outcome),
+                Purpose::Sync => self.sync_ended(outcome),
             }
         }
     }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use crate::files::FileError;
 use crate::replication::{
     FetchBlock, FileOp, FileOutcome, Handoff, HandoffReport, Op, Outgoing, QuorumFailure, ReadKeys, RecordValue, Reply,
-    RpcError, WriteQuorum,
+    RpcError, SyncReport, SyncSession, WriteQuorum,
 };
 
 use super::ClientId;
@@ -22,6 +22,8 @@ pub(crate) enum Purpose {
     Client { client: ClientId, part: usize },
     /// A batch of hand-off `epoch`.
     Handoff { epoch: u64 },
+    /// An anti-entropy exchange.
+    Sync,
 }
 
 /// An operation in progress.
@@ -37,6 +39,7 @@ pub(crate) enum AnyOp {
     File(FileOp),
     Read(ReadKeys),
     Handoff(Handoff),
+    Sync(SyncSession),
 }
 
 /// The outcome of an [`AnyOp`], of the matching kind.
@@ -46,6 +49,7 @@ pub(crate) enum AnyOutput {
     File(Result<FileOutcome, FileError>),
     Read(Result<Vec<RecordValue>, QuorumFailure>),
     Handoff(HandoffReport),
+    Sync(SyncReport),
 }
 
 impl AnyOp {
@@ -56,6 +60,7 @@ impl AnyOp {
             AnyOp::File(op) => op.poll_request(),
             AnyOp::Read(op) => op.poll_request(),
             AnyOp::Handoff(op) => op.poll_request(),
+            AnyOp::Sync(op) => op.poll_request(),
         }
     }
 
@@ -66,6 +71,7 @@ impl AnyOp {
             AnyOp::File(op) => op.handle_reply(now_us, token, reply),
             AnyOp::Read(op) => op.handle_reply(now_us, token, reply),
             AnyOp::Handoff(op) => op.handle_reply(now_us, token, reply),
+            AnyOp::Sync(op) => op.handle_reply(now_us, token, reply),
         }
     }
 
@@ -76,6 +82,7 @@ impl AnyOp {
             AnyOp::File(op) => op.poll_outcome().map(AnyOutput::File),
             AnyOp::Read(op) => op.poll_outcome().map(AnyOutput::Read),
             AnyOp::Handoff(op) => op.poll_outcome().map(AnyOutput::Handoff),
+            AnyOp::Sync(op) => op.poll_outcome().map(AnyOutput::Sync),
         }
     }
 
@@ -86,6 +93,7 @@ impl AnyOp {
             AnyOp::File(op) => op.is_finished(),
             AnyOp::Read(op) => op.is_finished(),
             AnyOp::Handoff(op) => op.is_finished(),
+            AnyOp::Sync(op) => op.is_finished(),
         }
     }
 
@@ -96,6 +104,7 @@ impl AnyOp {
             AnyOp::File(op) => op.repairs_sent(),
             AnyOp::Read(op) => op.repairs_sent(),
             AnyOp::Handoff(op) => op.repairs_sent(),
+            AnyOp::Sync(op) => op.repairs_sent(),
         }
     }
 }

@@ -60,7 +60,16 @@ impl PartitionSet {
 
     /// Its partitions, in order.
     pub fn iter(&self) -> impl Iterator<Item = Partition> + '_ {
-        Partition::all().filter(|partition| self.contains(*partition))
+        self.0.iter().enumerate().flat_map(|(word_index, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                (rest != 0).then(|| {
+                    let bit = rest.trailing_zeros() as usize;
+                    rest &= rest - 1;
+                    Partition((word_index * 64 + bit) as u16)
+                })
+            })
+        })
     }
 
     /// Whether a peer's set is well formed.
@@ -79,11 +88,8 @@ pub fn serve_sync<S: Store + ?Sized>(store: &S, request: SyncRpc) -> Result<Repl
         SyncRpc::Roots { partitions } => {
             let mut roots = Vec::with_capacity(DigestKind::ALL.len());
             for kind in DigestKind::ALL {
-                let mut root = Digest::EMPTY;
-                for digest in restricted_children(store, kind, &partitions, Prefix::ROOT, PARTITION_BITS as u8)? {
-                    root.toggle(&digest);
-                }
-                roots.push(root.short());
+                let mut prefixes = partitions.iter().filter_map(|p| Prefix::new(PARTITION_BITS as u8, u64::from(p.0)));
+                roots.push(store.digest_sum(kind, &mut prefixes)?.short());
             }
             Reply::Roots(roots)
         }
