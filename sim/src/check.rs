@@ -273,3 +273,80 @@ impl Sim {
         Ok(paths.len())
     }
 }
+
+/// What [`Sim::check_replicas_agree`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaReport {
+    /// Partitions whose running owners were compared.
+    pub partitions: usize,
+    /// Entries (records and blocks) held by the cluster, counted once each.
+    pub entries: u64,
+    /// Partitions of which some running node holds entries without owning them.
+    pub misplaced_partitions: usize,
+}
+
+impl Sim {
+    /// Anti-entropy's promise, checked from outside: every running node places by the same
+    /// ring, and in every partition, for every kind, all its running owners hold exactly the
+    /// same entries (their digests are equal). Call it after a quiet period.
+    pub fn check_replicas_agree(&self) -> Result<ReplicaReport, CheckFailure> {
+        use shoal_membership::Partition;
+        use shoal_storage::{Digest, DigestKind, Prefix, Store};
+
+        let running = self.running_nodes();
+        let placements: Vec<_> =
+            running.iter().filter_map(|&index| self.placement(index).map(|p| (index, p))).collect();
+        let Some((first, reference)) = placements.first().cloned() else { return Ok(ReplicaReport::default()) };
+        for (index, placement) in &placements {
+            if placement.ring().members() != reference.ring().members() || placement.in_transition() {
+                return Err(self.failure(format!(
+                    "node {index} places by another ring than node {first} (or is still in transition)"
+                )));
+            }
+        }
+        let index_of: HashMap<u128, usize> = (0..self.len()).map(|index| (self.node_id(index), index)).collect();
+        let mut report = ReplicaReport::default();
+        for partition in Partition::all() {
+            let Some(prefix) = Prefix::new(shoal_membership::PARTITION_BITS as u8, u64::from(partition.0)) else {
+                continue;
+            };
+            let owners: Vec<usize> = reference
+                .ring()
+                .owners(partition)
+                .filter_map(|member| index_of.get(&member.node_id).copied())
+                .filter(|index| running.contains(index))
+                .collect();
+            for kind in DigestKind::ALL {
+                let digest = |index: usize| self.store(index).digest(kind, prefix).unwrap_or_default();
+                let digests: Vec<(usize, Digest)> = owners.iter().map(|&index| (index, digest(index))).collect();
+                if digests.windows(2).any(|pair| pair[0].1 != pair[1].1) {
+                    let counts: Vec<String> = owners
+                        .iter()
+                        .map(|&index| {
+                            let entries =
+                                self.store(index).digest_entries(kind, prefix, None, usize::MAX).map_or(0, |e| e.len());
+                            format!("node {index}: {entries}")
+                        })
+                        .collect();
+                    return Err(self.failure(format!(
+                        "the owners of partition {} differ in their {kind:?} after the quiet period ({})",
+                        partition.0,
+                        counts.join(", ")
+                    )));
+                }
+                if let Some(&owner) = owners.first() {
+                    report.entries +=
+                        self.store(owner).digest_entries(kind, prefix, None, usize::MAX).map_or(0, |e| e.len() as u64);
+                }
+            }
+            let misplaced = running.iter().filter(|index| !owners.contains(index)).any(|&index| {
+                DigestKind::ALL
+                    .iter()
+                    .any(|kind| self.store(index).digest(*kind, prefix).unwrap_or_default() != Digest::EMPTY)
+            });
+            report.misplaced_partitions += usize::from(misplaced);
+            report.partitions += usize::from(!owners.is_empty());
+        }
+        Ok(report)
+    }
+}

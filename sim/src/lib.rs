@@ -40,7 +40,7 @@ pub mod measure;
 pub mod scenario;
 mod sim;
 
-pub use check::CheckFailure;
+pub use check::{CheckFailure, ReplicaReport};
 pub use config::{NetworkConfig, ReplicationConfig, SimConfig, seed_from_env};
 pub use history::{ClientKind, History, OpRecord, Outcome};
 pub use scenario::{Scenario, ScenarioOptions, Summary};

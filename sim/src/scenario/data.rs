@@ -21,10 +21,17 @@ fn data_config(options: &ScenarioOptions, scenario: Scenario, replication: Repli
     config
 }
 
+/// How long the cluster runs quietly before the replicas are compared: long enough for every
+/// pair of co-owners to have run an exchange (one every `sync_interval` per node, taking
+/// co-owners in turn).
+const ANTI_ENTROPY_QUIET: Duration = Duration::from_secs(30);
+
 /// The end of every data scenario: no new client operations, every fault lifted (crashed
 /// nodes restarted unless `keep_down`), the views converged, the placements settled
-/// (transitions over); then the history checks and the final read of every path through a
-/// random running node. Returns the facts to report.
+/// (transitions over); after a quiet period every partition's running owners must hold the
+/// same entries (anti-entropy, checked before any read could repair them); then the history
+/// checks and the final read of every path through a random running node. Returns the facts
+/// to report.
 fn heal_and_check(sim: &mut Sim, rng: &mut StdRng, keep_down: &[usize]) -> Result<Vec<(String, String)>, CheckFailure> {
     sim.stop_workload();
     sim.heal();
@@ -37,6 +44,8 @@ fn heal_and_check(sim: &mut Sim, rng: &mut StdRng, keep_down: &[usize]) -> Resul
     let converged = sim.wait_for("the views to converge after the heal", RECONVERGE_MAX, Sim::check_converged)?;
     let transition = sim.config().replication.as_ref().map_or(Duration::ZERO, |r| r.core.transition);
     sim.run_for(transition + Duration::from_secs(1));
+    sim.run_for(ANTI_ENTROPY_QUIET);
+    let replicas = sim.check_replicas_agree()?;
     sim.check_history()?;
     let running = sim.running_nodes();
     let reader = running[rng.random_range(0..running.len())];
@@ -46,6 +55,13 @@ fn heal_and_check(sim: &mut Sim, rng: &mut StdRng, keep_down: &[usize]) -> Resul
     let stats = sim.data_stats();
     Ok(vec![
         fact("converged after the heal in", secs(converged)),
+        fact(
+            "replicas after the quiet period",
+            format!(
+                "{} entries, equal on the running owners of {} partitions; {} partitions also held elsewhere",
+                replicas.entries, replicas.partitions, replicas.misplaced_partitions
+            ),
+        ),
         fact("client operations", history.ops.iter().filter(|op| workload(op)).count()),
         fact("PUT", history.tally(|op| op.kind == ClientKind::Put)),
         fact("GET", history.tally(|op| op.kind == ClientKind::Get)),
