@@ -281,14 +281,14 @@ pub struct ReplicaReport {
     pub partitions: usize,
     /// Entries (records and blocks) held by the cluster, counted once each.
     pub entries: u64,
-    /// Partitions of which some running node holds entries without owning them.
-    pub misplaced_partitions: usize,
 }
 
 impl Sim {
     /// Anti-entropy's promise, checked from outside: every running node places by the same
     /// ring, and in every partition, for every kind, all its running owners hold exactly the
-    /// same entries (their digests are equal). Call it after a quiet period.
+    /// same entries (their digests are equal), and no running node holds anything of a
+    /// partition it does not own. So every entry has exactly N copies, on its owners, when all
+    /// of them run. Call it after a quiet period.
     pub fn check_replicas_agree(&self) -> Result<ReplicaReport, CheckFailure> {
         use shoal_membership::Partition;
         use shoal_storage::{Digest, DigestKind, Prefix, Store};
@@ -339,14 +339,37 @@ impl Sim {
                         self.store(owner).digest_entries(kind, prefix, None, usize::MAX).map_or(0, |e| e.len() as u64);
                 }
             }
-            let misplaced = running.iter().filter(|index| !owners.contains(index)).any(|&index| {
+            let misplaced = running.iter().filter(|index| !owners.contains(index)).find(|&&index| {
                 DigestKind::ALL
                     .iter()
                     .any(|kind| self.store(index).digest(*kind, prefix).unwrap_or_default() != Digest::EMPTY)
             });
-            report.misplaced_partitions += usize::from(misplaced);
+            if let Some(index) = misplaced {
+                return Err(self.failure(format!(
+                    "node {index} still holds copies of partition {}, which it does not own",
+                    partition.0
+                )));
+            }
             report.partitions += usize::from(!owners.is_empty());
         }
         Ok(report)
+    }
+
+    /// Runs until [`check_replicas_agree`](Sim::check_replicas_agree) passes, checking every
+    /// 5 s of virtual time, for at most `max`; returns the report and how long it took.
+    pub fn wait_for_replicas(&mut self, max: Duration) -> Result<(ReplicaReport, Duration), CheckFailure> {
+        let start = self.now();
+        loop {
+            match self.check_replicas_agree() {
+                Ok(report) => return Ok((report, self.now() - start)),
+                Err(failure) if self.now() - start >= max => {
+                    return Err(CheckFailure {
+                        message: format!("replicas did not converge within {max:?}: {}", failure.message),
+                        ..failure
+                    });
+                }
+                Err(_) => self.run_for(Duration::from_secs(5)),
+            }
+        }
     }
 }

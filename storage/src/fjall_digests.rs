@@ -6,7 +6,9 @@ use std::sync::MutexGuard;
 use fjall::PersistMode;
 
 use crate::digest::{self, DigestCache, PositionIndex};
-use crate::fjall_store::{CacheChange, FjallStore};
+use std::sync::atomic::Ordering;
+
+use crate::fjall_store::{CacheChange, FjallStore, entry_key};
 use crate::{BlockHash, Digest, DigestKind, EntryKey, FileRecord, Prefix, Store, StoreError};
 
 /// Entries re-indexed per batch when the index is rebuilt from the records.
@@ -115,6 +117,10 @@ impl FjallStore {
         let _indexing = self.block_index_lock.lock().unwrap_or_else(|poison| poison.into_inner());
         let indexed = self.digest_index.contains_key(&index_key)?;
         let new = entry.hash(&[]);
+        if batch.is_none() && !indexed && !self.small_blocks.contains_key(hash.0)? && !self.block_path(hash).exists() {
+            // Dropped (`drop_prefix`) between being stored and being indexed: not stored.
+            return Err(StoreError::Io(std::io::Error::other(format!("block {hash} was dropped while being stored"))));
+        }
         match (batch, indexed) {
             (Some(batch), true) => batch.commit()?,
             (Some(mut batch), false) => {
@@ -138,7 +144,7 @@ impl FjallStore {
         let _indexing = self.block_index_lock.lock().unwrap_or_else(|poison| poison.into_inner());
         let indexed = self.digest_index.contains_key(&index_key)?;
         let mut batch = self.db_batch();
-        batch.remove(&self.small_blocks_keyspace(), hash.0);
+        batch.remove(&self.small_blocks, hash.0);
         batch.remove(&self.digest_index, index_key);
         batch.commit()?;
         if is_file {
@@ -148,6 +154,58 @@ impl FjallStore {
             self.lock_digests().apply(DigestKind::Blocks, entry.position(), Some(&entry.hash(&[])), None);
         }
         Ok(())
+    }
+
+    /// [`Store::drop_prefix`]: under the lock that orders writes of `kind`, checks the
+    /// digest, then removes the entries, their index entries and (for blocks) their files.
+    pub(crate) fn drop_entries_under(
+        &self,
+        kind: DigestKind,
+        prefix: Prefix,
+        expected: u64,
+    ) -> Result<bool, StoreError> {
+        self.refuse_if_poisoned()?;
+        let lock = if kind == DigestKind::Blocks { &self.block_index_lock } else { &self.merge_lock };
+        let _writes = lock.lock().unwrap_or_else(|poison| poison.into_inner());
+        if digest::digest(self, kind, prefix)?.short() != expected {
+            return Ok(false);
+        }
+        let (from, to) = digest::index_range(kind, prefix);
+        let mut entries = Vec::new();
+        self.scan(&from, &to, &mut |key, hash| {
+            entries.push((key.to_vec(), hash));
+            true
+        })?;
+        let mut batch = self.db_batch();
+        let mut changes = Vec::with_capacity(entries.len());
+        let mut files = Vec::new();
+        for (index_key, hash) in entries {
+            let entry = EntryKey::from_index_key(&index_key)?;
+            match &entry {
+                EntryKey::File(path) => batch.remove(&self.files, path.as_bytes()),
+                EntryKey::Entry { dir, name } => batch.remove(&self.dir_entries, entry_key(dir, name)),
+                EntryKey::Block(block) => {
+                    batch.remove(&self.small_blocks, block.0);
+                    files.push(self.block_path(block));
+                }
+            }
+            batch.remove(&self.digest_index, index_key);
+            changes.push(CacheChange { kind, position: entry.position(), old: Some(hash), new: None });
+        }
+        batch.commit()?;
+        self.apply_cache_changes(changes);
+        if !files.is_empty() {
+            // Unindexed durably before any file goes (see `unindex_block`).
+            self.db_persist()?;
+            let _removing = self.file_lock.lock().unwrap_or_else(|poison| poison.into_inner());
+            for path in files {
+                if let Ok(meta) = std::fs::metadata(&path) {
+                    std::fs::remove_file(&path)?;
+                    self.block_file_bytes.fetch_sub(meta.len(), Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// The stable capacity the ring weighs this node by: the configured capacity, or the

@@ -71,11 +71,11 @@ impl FjallStoreConfig {
 pub struct FjallStore {
     config: FjallStoreConfig,
     db: Database,
-    files: Keyspace,
+    pub(crate) files: Keyspace,
     /// One key per directory entry, `dir \0 name` (NUL never occurs in a path), so writes
     /// touch only their entries and a listing is a prefix scan.
-    dir_entries: Keyspace,
-    small_blocks: Keyspace,
+    pub(crate) dir_entries: Keyspace,
+    pub(crate) small_blocks: Keyspace,
     /// The position index of every entry (`EntryKey::index_key` -> entry hash), written in
     /// the same batch as the entry (fjall_digests.rs).
     pub(crate) digest_index: Keyspace,
@@ -88,11 +88,11 @@ pub struct FjallStore {
     tmp_dir: PathBuf,
     commit: GroupCommit,
     /// Serialises read-merge-write of records, so two merges of one key never lose either.
-    merge_lock: Mutex<()>,
+    pub(crate) merge_lock: Mutex<()>,
     /// Serialises renaming block files into place and removing them, with their byte count.
-    file_lock: Mutex<()>,
+    pub(crate) file_lock: Mutex<()>,
     /// Bytes in block files, counted at open and kept up to date.
-    block_file_bytes: AtomicU64,
+    pub(crate) block_file_bytes: AtomicU64,
     /// Bytes of block writes in progress. Counted before the room check, so concurrent writers
     /// cannot all pass the check and overshoot the capacity together.
     reserved_bytes: AtomicU64,
@@ -165,16 +165,12 @@ impl FjallStore {
         &self.db
     }
 
-    pub(crate) fn small_blocks_keyspace(&self) -> Keyspace {
-        self.small_blocks.clone()
-    }
-
     /// The configured capacity and disk reserve.
     pub(crate) fn capacity_config(&self) -> (Option<u64>, u64) {
         (self.config.capacity_bytes, self.config.disk_reserve_bytes)
     }
 
-    fn block_path(&self, hash: &BlockHash) -> PathBuf {
+    pub(crate) fn block_path(&self, hash: &BlockHash) -> PathBuf {
         let hex = hash.to_hex();
         self.block_dir.join(&hex[..2]).join(hex)
     }
@@ -234,7 +230,7 @@ impl FjallStore {
     }
 
     /// After a failed fsync, what is on disk is unknown: accept no more writes.
-    fn refuse_if_poisoned(&self) -> Result<(), StoreError> {
+    pub(crate) fn refuse_if_poisoned(&self) -> Result<(), StoreError> {
         if self.commit.is_poisoned() { Err(StoreError::Poisoned) } else { Ok(()) }
     }
 
@@ -338,7 +334,7 @@ fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreE
 }
 
 /// The key of entry `name` of directory `dir`; with an empty name, the prefix of all of them.
-fn entry_key(dir: &str, name: &str) -> Vec<u8> {
+pub(crate) fn entry_key(dir: &str, name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(dir.len() + 1 + name.len());
     key.extend_from_slice(dir.as_bytes());
     key.push(0);
@@ -588,6 +584,10 @@ impl Store for FjallStore {
 
     fn digest_sum(&self, kind: DigestKind, prefixes: &mut dyn Iterator<Item = Prefix>) -> Result<Digest, StoreError> {
         digest::digest_sum(self, kind, prefixes)
+    }
+
+    fn drop_prefix(&self, kind: DigestKind, prefix: Prefix, expected: u64) -> Result<bool, StoreError> {
+        self.drop_entries_under(kind, prefix, expected)
     }
 
     fn digest_len(&self, kind: DigestKind) -> Result<u64, StoreError> {

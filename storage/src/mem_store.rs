@@ -56,6 +56,23 @@ impl Tables {
                 self.dirs.entry(dir.clone()).or_default().insert(name.clone(), entry);
                 (EntryKey::Entry { dir, name }, Some(hash))
             }
+            Op::Remove(EntryKey::File(path)) => {
+                self.files.remove(&path);
+                (EntryKey::File(path), None)
+            }
+            Op::Remove(EntryKey::Entry { dir, name }) => {
+                if let Some(entries) = self.dirs.get_mut(&dir) {
+                    entries.remove(&name);
+                    if entries.is_empty() {
+                        self.dirs.remove(&dir);
+                    }
+                }
+                (EntryKey::Entry { dir, name }, None)
+            }
+            Op::Remove(EntryKey::Block(hash)) => {
+                self.blocks.remove(&hash);
+                (EntryKey::Block(hash), None)
+            }
         };
         let index_key = key.index_key();
         let old = match hash {
@@ -74,6 +91,8 @@ enum Op {
     DeleteBlock(BlockHash),
     File(String, FileRecord, Digest),
     DirEntry(String, String, DirEntry, Digest),
+    /// An entry dropped outright (a copy this node no longer owns).
+    Remove(EntryKey),
 }
 
 #[derive(Default)]
@@ -303,32 +322,79 @@ impl Store for MemStore {
         digest::digest_sum(self, kind, prefixes)
     }
 
+    fn drop_prefix(&self, kind: DigestKind, prefix: Prefix, expected: u64) -> Result<bool, StoreError> {
+        if self.commit.is_poisoned() {
+            return Err(StoreError::Poisoned);
+        }
+        // Checked and removed under one lock: no write can slip in between.
+        let mut state = self.lock();
+        if digest::digest(&Locked(&state), kind, prefix)?.short() != expected {
+            return Ok(false);
+        }
+        let (from, to) = digest::index_range(kind, prefix);
+        let keys: Vec<EntryKey> = state
+            .visible
+            .index
+            .range::<[u8], _>((Bound::Included(&from[..]), Bound::Excluded(&to[..])))
+            .map(|(key, _)| EntryKey::from_index_key(key))
+            .collect::<Result<_, _>>()?;
+        for key in keys {
+            if let EntryKey::Block(hash) = &key
+                && let Some(bytes) = state.visible.blocks.get(hash)
+            {
+                state.block_bytes -= bytes.len() as u64;
+            }
+            Self::write(&mut state, Op::Remove(key));
+        }
+        Ok(true)
+    }
+
     fn digest_len(&self, kind: DigestKind) -> Result<u64, StoreError> {
         Ok(self.lock().visible.cache.entries(kind))
     }
 }
 
-impl PositionIndex for MemStore {
+/// The store's state while its lock is held, as a position index.
+struct Locked<'a>(&'a State);
+
+impl PositionIndex for Locked<'_> {
     fn cached(&self, kind: DigestKind, prefix: Prefix) -> Option<Digest> {
-        self.lock().visible.cache.digest(kind, prefix)
+        self.0.visible.cache.digest(kind, prefix)
     }
 
     fn cached_sum(&self, kind: DigestKind, prefixes: &mut dyn Iterator<Item = Prefix>) -> (Digest, Vec<Prefix>) {
-        self.lock().visible.cache.sum(kind, prefixes)
+        self.0.visible.cache.sum(kind, prefixes)
     }
 
     fn cached_children(&self, kind: DigestKind, prefix: Prefix, fanout_bits: u8) -> Option<Vec<Digest>> {
-        self.lock().visible.cache.children(kind, prefix, fanout_bits)
+        self.0.visible.cache.children(kind, prefix, fanout_bits)
     }
 
     fn scan(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], Digest) -> bool) -> Result<(), StoreError> {
-        let state = self.lock();
-        for (key, hash) in state.visible.index.range::<[u8], _>((Bound::Included(from), Bound::Excluded(to))) {
+        for (key, hash) in self.0.visible.index.range::<[u8], _>((Bound::Included(from), Bound::Excluded(to))) {
             if !visit(key, *hash) {
                 break;
             }
         }
         Ok(())
+    }
+}
+
+impl PositionIndex for MemStore {
+    fn cached(&self, kind: DigestKind, prefix: Prefix) -> Option<Digest> {
+        Locked(&self.lock()).cached(kind, prefix)
+    }
+
+    fn cached_sum(&self, kind: DigestKind, prefixes: &mut dyn Iterator<Item = Prefix>) -> (Digest, Vec<Prefix>) {
+        Locked(&self.lock()).cached_sum(kind, prefixes)
+    }
+
+    fn cached_children(&self, kind: DigestKind, prefix: Prefix, fanout_bits: u8) -> Option<Vec<Digest>> {
+        Locked(&self.lock()).cached_children(kind, prefix, fanout_bits)
+    }
+
+    fn scan(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], Digest) -> bool) -> Result<(), StoreError> {
+        Locked(&self.lock()).scan(from, to, visit)
     }
 }
 

@@ -118,6 +118,13 @@ pub trait Store: Send + Sync + 'static {
     /// union, without one allocation per prefix.
     fn digest_sum(&self, kind: DigestKind, prefixes: &mut dyn Iterator<Item = Prefix>) -> Result<Digest, StoreError>;
 
+    /// Removes every entry of `kind` under `prefix` (records outright, not as tombstones;
+    /// blocks and their bytes) if their digest's [`short`](Digest::short) form is still
+    /// `expected`, i.e. nothing changed there since the caller saw other nodes hold the same.
+    /// Returns whether it removed them. For copies this node no longer owns; durable after the
+    /// next [`sync`](Store::sync) like any write.
+    fn drop_prefix(&self, kind: DigestKind, prefix: Prefix, expected: u64) -> Result<bool, StoreError>;
+
     /// How many entries of `kind` the digests cover.
     fn digest_len(&self, kind: DigestKind) -> Result<u64, StoreError>;
 }

@@ -179,12 +179,39 @@ fn a_bad_fanout_is_an_error_not_a_panic<S: Store>(make: &dyn Fn() -> S) {
     assert!(store.digest_children(DigestKind::Files, deep, 4).is_err());
 }
 
+fn a_prefix_is_dropped_only_while_its_digest_is_what_was_confirmed<S: Store>(make: &dyn Fn() -> S) {
+    let store = make();
+    let (records, blocks) = writes(200);
+    write_all(&store, &records, &blocks);
+    for kind in DigestKind::ALL {
+        let others = store.digest_len(kind).expect("len");
+        let some = store.digest_entries(kind, Prefix::ROOT, None, 1).expect("an entry");
+        let prefix = Prefix::of_position(some[0].key.position(), CACHE_BITS);
+        let under = store.digest_entries(kind, prefix, None, usize::MAX).expect("under").len() as u64;
+        let expected = store.digest(kind, prefix).expect("digest").short();
+        assert!(!store.drop_prefix(kind, prefix, expected ^ 1).expect("drop"), "a stale digest drops nothing");
+        assert_eq!(store.digest_len(kind).expect("len"), others);
+        assert!(store.drop_prefix(kind, prefix, expected).expect("drop"));
+        assert_eq!(store.digest(kind, prefix).expect("digest"), Digest::EMPTY, "{kind:?}");
+        assert_eq!(store.digest_len(kind).expect("len"), others - under);
+        match &some[0].key {
+            EntryKey::File(path) => assert!(store.get_file(path).expect("get").is_none()),
+            EntryKey::Entry { dir, name } => assert!(store.get_dir_entry(dir, name).expect("get").is_none()),
+            EntryKey::Block(hash) => assert!(!store.has_block(hash).expect("has")),
+        }
+    }
+    // What is left still digests like a store that never held the dropped entries.
+    let total: u64 = DigestKind::ALL.iter().map(|kind| store.digest_len(*kind).expect("len")).sum();
+    assert!(total > 0 && total < 600);
+}
+
 fn digest_suite<S: Store>(make: &dyn Fn() -> S) {
     the_same_writes_in_any_order_give_the_same_digests(make);
     a_newer_version_or_a_missing_entry_shows_at_its_own_leaf_only(make);
     a_digest_is_the_xor_of_its_children_at_every_depth(make);
     entries_under_a_prefix_come_in_bounded_pages(make);
     a_bad_fanout_is_an_error_not_a_panic(make);
+    a_prefix_is_dropped_only_while_its_digest_is_what_was_confirmed(make);
 }
 
 fn fjall_store(dir: &std::path::Path) -> FjallStore {
@@ -233,6 +260,17 @@ fn the_fjall_store_keeps_its_digests_across_reopen_and_rebuilds_them_from_the_en
     store.rebuild_digests().expect("rebuild");
     assert_eq!(fingerprint(&store), before, "rebuilt from the records and blocks");
     assert_eq!(store.digest_len(DigestKind::Blocks).expect("len"), 148);
+    // A dropped prefix stays dropped across a reopen.
+    let block = BlockHash::of(&blocks[20]);
+    let prefix = Prefix::of_position(EntryKey::Block(block).position(), CACHE_BITS);
+    let expected = store.digest(DigestKind::Blocks, prefix).expect("digest").short();
+    assert!(store.drop_prefix(DigestKind::Blocks, prefix, expected).expect("drop"));
+    store.sync().expect("sync");
+    let after = fingerprint(&store);
+    drop(store);
+    let store = fjall_store(dir.path());
+    assert_eq!(fingerprint(&store), after);
+    assert!(!store.has_block(&block).expect("has"));
 }
 
 #[test]

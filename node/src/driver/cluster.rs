@@ -184,6 +184,12 @@ impl Cluster {
             Event::Timeout(to) => tracing::debug!(%to, "a request timed out"),
             Event::Unreachable(to) => tracing::debug!(%to, "no address known for a member"),
             Event::SyncEnded(report) => metrics.observe_sync(&report),
+            Event::HandedOver { partitions, dropped, failure } => {
+                let result = if failure.is_some() { "failed" } else { "completed" };
+                metrics.handovers.get_or_create(&super::metrics::ResultLabels { result }).inc();
+                metrics.copies_dropped.inc_by(dropped as u64);
+                tracing::debug!(partitions, dropped, ?failure, "hand-over of copies no longer owned");
+            }
             Event::HandoffPushed { .. } | Event::HandoffEnded { .. } => {}
         }
     }

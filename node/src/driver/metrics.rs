@@ -46,6 +46,10 @@ pub struct Metrics {
     pub sync_exchanges: Family<ResultLabels, Counter>,
     /// Entries anti-entropy copied, by kind and direction.
     pub sync_repairs: Family<RepairLabels, Counter>,
+    /// Hand-overs of copies this node no longer owns, by result.
+    pub handovers: Family<ResultLabels, Counter>,
+    /// Partition copies (per kind) dropped after a confirmed hand-over.
+    pub copies_dropped: Counter,
     /// Writes answered as in doubt (no write quorum, but possibly applied somewhere).
     pub writes_in_doubt: Counter,
     /// RPC connections closed because of what the peer sent, by reason.
@@ -147,6 +151,14 @@ impl Metrics {
         registry.register("ring_changes", "Ring changes seen (membership or configuration)", ring_changes.clone());
         let sync_exchanges = Family::<ResultLabels, Counter>::default();
         registry.register("sync_exchanges", "Anti-entropy exchanges started here, by result", sync_exchanges.clone());
+        let handovers = Family::<ResultLabels, Counter>::default();
+        registry.register("handovers", "Hand-overs of copies no longer owned, by result", handovers.clone());
+        let copies_dropped = Counter::default();
+        registry.register(
+            "copies_dropped",
+            "Partition copies dropped after a confirmed hand-over",
+            copies_dropped.clone(),
+        );
         let sync_repairs = Family::<RepairLabels, Counter>::default();
         registry.register(
             "sync_repairs",
@@ -172,6 +184,8 @@ impl Metrics {
             ring_changes,
             sync_exchanges,
             sync_repairs,
+            handovers,
+            copies_dropped,
             writes_in_doubt,
             rpc_rejected,
             rpc_connections_accepted,

@@ -77,6 +77,12 @@ pub struct DataStats {
     pub sync_records: u64,
     /// Blocks anti-entropy copied (either way).
     pub sync_blocks: u64,
+    /// Hand-overs of copies no longer owned, and those not confirmed.
+    pub handovers: u64,
+    /// Hand-overs not confirmed (an owner unreachable or holding something else).
+    pub handovers_failed: u64,
+    /// Partition copies (per kind) dropped after a confirmed hand-over.
+    pub copies_dropped: u64,
     /// Client operations started.
     pub client_ops: u64,
 }
@@ -414,6 +420,11 @@ impl Sim {
                 stats.sync_failed += u64::from(report.failure.is_some());
                 stats.sync_records += report.records_pulled + report.records_pushed;
                 stats.sync_blocks += report.blocks_pulled + report.blocks_pushed;
+            }
+            Event::HandedOver { dropped, failure, .. } => {
+                stats.handovers += 1;
+                stats.handovers_failed += u64::from(failure.is_some());
+                stats.copies_dropped += dropped as u64;
             }
             Event::WriteInDoubt | Event::BlockUnavailable(_) => {}
         }

@@ -405,7 +405,9 @@ impl<S: Store> NodeCore<S> {
                 },
                 Err(failure) => Err(FileError::Unavailable(failure.detail)),
             },
-            AnyOutput::Handoff(_) | AnyOutput::Sync(_) => panic!("a client operation answered with a report"),
+            AnyOutput::Handoff(_) | AnyOutput::Sync(_) | AnyOutput::Drain(_) => {
+                panic!("a client operation answered with a report")
+            }
         };
         if matches!(answer, Err(FileError::InDoubt(_))) {
             self.out.events.push_back(Event::WriteInDoubt);

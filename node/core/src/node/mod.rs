@@ -108,6 +108,16 @@ pub enum Event {
     BlockUnavailable(BlockHash),
     /// An anti-entropy exchange ended (docs/ARCHITECTURE.md §7).
     SyncEnded(SyncReport),
+    /// A hand-over of copies this node no longer owns ended: confirmed on every owner (and
+    /// `dropped` partition copies removed here), or not (`failure`; the copies stay).
+    HandedOver {
+        /// Partitions handed over.
+        partitions: usize,
+        /// Partition copies (per kind) dropped here afterwards.
+        dropped: usize,
+        /// Why it was not confirmed, if it was not.
+        failure: Option<String>,
+    },
 }
 
 /// A request in flight and when it times out.
@@ -127,6 +137,10 @@ enum JobPurpose {
     Peer(PeerRequestId),
     /// A scan of hand-off `epoch`.
     Scan { epoch: u64 },
+    /// Which partitions the store holds (anti-entropy's over-replication check).
+    Held,
+    /// Dropping copies handed over.
+    Drop,
 }
 
 /// The core's timers, ordered by deadline in [`NodeCore::timers`].
@@ -309,6 +323,8 @@ impl<S: Store> NodeCore<S> {
                 self.out.peer_replies.push_back(PeerReply { id, reply })
             }
             (JobPurpose::Scan { epoch }, StoreDone::Scanned(scanned)) => self.handoff_scanned(now_us, epoch, scanned),
+            (JobPurpose::Held, StoreDone::Held(held)) => self.held_partitions(held),
+            (JobPurpose::Drop, StoreDone::Dropped(dropped)) => self.copies_dropped(dropped),
             (purpose, done) => panic!("store job {purpose:?} came back as {done:?}"),
         }
         self.settle(now_us);
@@ -426,6 +442,7 @@ impl<S: Store> NodeCore<S> {
                 Purpose::Client { client, part } => self.client_progress(now_us, client, part, outcome),
                 Purpose::Handoff { epoch } => self.handoff_pushed(now_us, epoch, outcome),
                 Purpose::Sync => self.sync_ended(outcome),
+                Purpose::Drain { partitions } => self.drain_ended(partitions, outcome),
             }
         }
     }

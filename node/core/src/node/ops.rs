@@ -5,8 +5,8 @@ use bytes::Bytes;
 
 use crate::files::FileError;
 use crate::replication::{
-    FetchBlock, FileOp, FileOutcome, Handoff, HandoffReport, Op, Outgoing, QuorumFailure, ReadKeys, RecordValue, Reply,
-    RpcError, SyncReport, SyncSession, WriteQuorum,
+    DrainOutcome, DrainSession, FetchBlock, FileOp, FileOutcome, Handoff, HandoffReport, Op, Outgoing, QuorumFailure,
+    ReadKeys, RecordValue, Reply, RpcError, SyncReport, SyncSession, WriteQuorum,
 };
 
 use super::ClientId;
@@ -24,6 +24,8 @@ pub(crate) enum Purpose {
     Handoff { epoch: u64 },
     /// An anti-entropy exchange.
     Sync,
+    /// A hand-over of this many partitions this node no longer owns.
+    Drain { partitions: usize },
 }
 
 /// An operation in progress.
@@ -39,7 +41,8 @@ pub(crate) enum AnyOp {
     File(FileOp),
     Read(ReadKeys),
     Handoff(Handoff),
-    Sync(SyncSession),
+    Sync(Box<SyncSession>),
+    Drain(Box<DrainSession>),
 }
 
 /// The outcome of an [`AnyOp`], of the matching kind.
@@ -50,6 +53,7 @@ pub(crate) enum AnyOutput {
     Read(Result<Vec<RecordValue>, QuorumFailure>),
     Handoff(HandoffReport),
     Sync(SyncReport),
+    Drain(DrainOutcome),
 }
 
 impl AnyOp {
@@ -61,6 +65,7 @@ impl AnyOp {
             AnyOp::Read(op) => op.poll_request(),
             AnyOp::Handoff(op) => op.poll_request(),
             AnyOp::Sync(op) => op.poll_request(),
+            AnyOp::Drain(op) => op.poll_request(),
         }
     }
 
@@ -72,6 +77,7 @@ impl AnyOp {
             AnyOp::Read(op) => op.handle_reply(now_us, token, reply),
             AnyOp::Handoff(op) => op.handle_reply(now_us, token, reply),
             AnyOp::Sync(op) => op.handle_reply(now_us, token, reply),
+            AnyOp::Drain(op) => op.handle_reply(now_us, token, reply),
         }
     }
 
@@ -83,6 +89,7 @@ impl AnyOp {
             AnyOp::Read(op) => op.poll_outcome().map(AnyOutput::Read),
             AnyOp::Handoff(op) => op.poll_outcome().map(AnyOutput::Handoff),
             AnyOp::Sync(op) => op.poll_outcome().map(AnyOutput::Sync),
+            AnyOp::Drain(op) => op.poll_outcome().map(AnyOutput::Drain),
         }
     }
 
@@ -94,6 +101,7 @@ impl AnyOp {
             AnyOp::Read(op) => op.is_finished(),
             AnyOp::Handoff(op) => op.is_finished(),
             AnyOp::Sync(op) => op.is_finished(),
+            AnyOp::Drain(op) => op.is_finished(),
         }
     }
 
@@ -105,6 +113,7 @@ impl AnyOp {
             AnyOp::Read(op) => op.repairs_sent(),
             AnyOp::Handoff(op) => op.repairs_sent(),
             AnyOp::Sync(op) => op.repairs_sent(),
+            AnyOp::Drain(op) => op.repairs_sent(),
         }
     }
 }

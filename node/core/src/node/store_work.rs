@@ -4,9 +4,10 @@
 //! [`StoreDone`] back. What a job does is decided here, in the core.
 
 use bytes::Bytes;
-use shoal_storage::{BlockHash, DirRecord, RecordUpdate, Store, StoreError};
+use shoal_membership::{PARTITION_BITS, Partition};
+use shoal_storage::{BlockHash, DigestKind, DirRecord, Prefix, RecordUpdate, Store, StoreError};
 
-use crate::replication::{Placement, Refusal, Reply, Request, replica};
+use crate::replication::{PartitionSet, Placement, Refusal, Reply, Request, replica};
 use std::sync::Arc;
 
 /// Names a store job until its result comes back.
@@ -30,6 +31,16 @@ pub enum StoreWork {
     Serve(Request),
     /// Read the next hand-off batch.
     Scan(HandoffScan),
+    /// Say which partitions the store holds anything of.
+    HeldPartitions,
+    /// Drop this node's copy of `partitions` if its root digests (short, per kind) are still
+    /// `roots`, the ones every owner was seen to hold.
+    DropVerified {
+        /// The partitions handed over.
+        partitions: PartitionSet,
+        /// The roots confirmed on every owner.
+        roots: Vec<u64>,
+    },
 }
 
 /// The result of a [`StoreWork`].
@@ -39,6 +50,10 @@ pub enum StoreDone {
     Served(Reply),
     /// A hand-off batch, or the store error that stopped the scan.
     Scanned(Result<ScanBatch, StoreError>),
+    /// The partitions the store holds entries of.
+    Held(Result<PartitionSet, StoreError>),
+    /// Partitions dropped (none if the copy changed since it was confirmed).
+    Dropped(Result<usize, StoreError>),
 }
 
 impl StoreWork {
@@ -50,6 +65,8 @@ impl StoreWork {
                 StoreDone::Served(Reply::Refused(Refusal::Other("the store failed serving this request".into())))
             }
             StoreWork::Scan(_) => StoreDone::Scanned(Err(StoreError::Poisoned)),
+            StoreWork::HeldPartitions => StoreDone::Held(Err(StoreError::Poisoned)),
+            StoreWork::DropVerified { .. } => StoreDone::Dropped(Err(StoreError::Poisoned)),
         }
     }
 
@@ -58,8 +75,46 @@ impl StoreWork {
         match self {
             StoreWork::Serve(request) => StoreDone::Served(replica::serve(store, request)),
             StoreWork::Scan(scan) => StoreDone::Scanned(scan.run(store)),
+            StoreWork::HeldPartitions => StoreDone::Held(held_partitions(store)),
+            StoreWork::DropVerified { partitions, roots } => {
+                StoreDone::Dropped(drop_verified(store, &partitions, &roots))
+            }
         }
     }
+}
+
+/// The partitions of which the store holds any entry.
+fn held_partitions<S: Store + ?Sized>(store: &S) -> Result<PartitionSet, StoreError> {
+    let mut held = vec![false; shoal_membership::PARTITIONS];
+    for kind in DigestKind::ALL {
+        for (slot, digest) in held.iter_mut().zip(store.digest_children(kind, Prefix::ROOT, PARTITION_BITS as u8)?) {
+            *slot |= digest != shoal_storage::Digest::EMPTY;
+        }
+    }
+    Ok(PartitionSet::of(Partition::all().filter(|partition| held[partition.index()])))
+}
+
+/// [`StoreWork::DropVerified`]: drops each partition's entries of each kind, each only while
+/// its digest is what this check saw, and only if the whole copy still has the confirmed roots.
+fn drop_verified<S: Store + ?Sized>(store: &S, partitions: &PartitionSet, roots: &[u64]) -> Result<usize, StoreError> {
+    let prefix = |partition: Partition| Prefix::new(PARTITION_BITS as u8, u64::from(partition.0));
+    let mut dropped = 0;
+    for (kind, root) in DigestKind::ALL.into_iter().zip(roots) {
+        let digests = store.digest_children(kind, Prefix::ROOT, PARTITION_BITS as u8)?;
+        let mut now = shoal_storage::Digest::EMPTY;
+        partitions.iter().filter_map(|p| digests.get(p.index())).for_each(|digest| now.toggle(digest));
+        if now.short() != *root {
+            continue;
+        }
+        for partition in partitions.iter() {
+            let (Some(prefix), Some(digest)) = (prefix(partition), digests.get(partition.index())) else { continue };
+            if *digest != shoal_storage::Digest::EMPTY && store.drop_prefix(kind, prefix, digest.short())? {
+                dropped += 1;
+            }
+        }
+    }
+    store.sync()?;
+    Ok(dropped)
 }
 
 /// Where a hand-off's walk of the store stands: file records, then directory entries, then

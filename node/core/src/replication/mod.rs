@@ -4,6 +4,7 @@
 
 pub mod coordinator;
 pub mod digests;
+pub mod drain;
 pub mod handoff;
 pub mod local;
 pub mod messages;
@@ -14,6 +15,7 @@ pub mod sync;
 
 pub use coordinator::{Coordinator, FileOp, FileOutcome};
 pub use digests::PartitionSet;
+pub use drain::{DrainOutcome, DrainSession};
 pub use handoff::{Handoff, HandoffReport};
 pub use local::LocalCluster;
 pub use messages::{BlockRpc, RecordKey, RecordRpc, RecordValue, Refusal, Reply, Request, RpcError, SyncRpc};

@@ -86,6 +86,17 @@ impl Placement {
         self.previous.is_some()
     }
 
+    /// The previous ring, while it is still honoured.
+    pub fn previous_ring(&self) -> Option<&Ring> {
+        self.previous.as_ref()
+    }
+
+    /// Whether `node` owns `partition` in the current ring or, during a transition, in the
+    /// previous one: whether it must keep what it holds there.
+    pub fn keeps(&self, node: NodeId, partition: Partition) -> bool {
+        self.current.owns(node.0, partition) || self.previous.as_ref().is_some_and(|ring| ring.owns(node.0, partition))
+    }
+
     /// The owner sets a request about `key` must reach a quorum in: the current owners, then
     /// the previous owners if they differ.
     pub fn owner_sets(&self, key: &[u8]) -> Vec<Vec<NodeId>> {
