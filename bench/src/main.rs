@@ -7,6 +7,7 @@
 //! CARGO_TARGET_DIR=... cargo run --release -p shoal-bench -- membership [--quick]
 //! CARGO_TARGET_DIR=... cargo run --release -p shoal-bench -- cluster [--quick]
 //! CARGO_TARGET_DIR=... cargo run --release -p shoal-bench -- ring [--quick]
+//! CARGO_TARGET_DIR=... cargo run --release -p shoal-bench -- sync [--quick]
 //! ```
 #![forbid(unsafe_code)]
 // A benchmark measures wall time and drives its own tasks: the workspace bans on the clock and
@@ -19,6 +20,7 @@ mod membership;
 mod procfs;
 mod report;
 mod ring;
+mod sync;
 mod workload;
 
 use std::os::unix::fs::MetadataExt;
@@ -62,6 +64,10 @@ enum Command {
     /// The consistent-hash ring in process: ns per preference-list lookup and ms per rebuild at
     /// 10, 100 and 1,000 members. Prints a markdown report on stdout.
     Ring(ring::RingArgs),
+    /// Anti-entropy in process: bytes each way and round trips of one exchange between two
+    /// stores of 1,000,000 records with 0, 1 and 1,000 differences, against the
+    /// information-theoretic floor; digest cost per write, rebuild and reload times.
+    Sync(sync::SyncArgs),
 }
 
 /// Options of `single-node`.
@@ -181,6 +187,7 @@ fn main() -> anyhow::Result<()> {
         Command::Membership(args) => membership::run(args),
         Command::Cluster(args) => runtime.block_on(cluster::run(args)),
         Command::Ring(args) => ring::run(args),
+        Command::Sync(args) => sync::run(args),
     }
 }
 

@@ -63,6 +63,16 @@ impl DigestKind {
     fn index(self) -> usize {
         usize::from(self.tag())
     }
+
+    /// The kind an index key's first byte names.
+    pub(crate) fn of_index_key(key: &[u8]) -> Result<DigestKind, StoreError> {
+        match key.first() {
+            Some(0) => Ok(DigestKind::Files),
+            Some(1) => Ok(DigestKind::Entries),
+            Some(2) => Ok(DigestKind::Blocks),
+            _ => Err(StoreError::Decode { what: "digest index", detail: "unknown kind".into() }),
+        }
+    }
 }
 
 /// The XOR of the hashes of a set of entries; all zeros for none.
@@ -432,7 +442,7 @@ pub(crate) trait PositionIndex {
 }
 
 /// The position in an index key.
-fn key_position(key: &[u8]) -> Result<u64, StoreError> {
+pub(crate) fn key_position(key: &[u8]) -> Result<u64, StoreError> {
     let bytes: [u8; 8] = key
         .get(1..9)
         .and_then(|bytes| bytes.try_into().ok())

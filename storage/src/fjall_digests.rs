@@ -37,8 +37,9 @@ impl FjallStore {
         let mut cache = DigestCache::default();
         for guard in self.digest_index.iter() {
             let (key, value) = guard.into_inner()?;
-            let entry = EntryKey::from_index_key(&key)?;
-            cache.apply(entry.kind(), entry.position(), None, Some(&stored_hash(&value)?));
+            // Kind and position are the key's first 9 bytes: no rehashing at start-up.
+            let (kind, position) = (DigestKind::of_index_key(&key)?, digest::key_position(&key)?);
+            cache.apply(kind, position, None, Some(&stored_hash(&value)?));
         }
         *self.lock_digests() = cache;
         Ok(())

@@ -160,6 +160,12 @@ pub use crate::codec::postcard_impl::PostcardCodec;
 
 type Result<T> = core::result::Result<T, Error>;
 
+// PATCH: how often a node that learned a suspicion from others tells the suspect directly,
+// one `probe_rtt` apart, before it declares it down itself (`Timer::ConfirmSuspicion`): on a
+// lossy link one tell or one answer can be lost, five in a row hardly. A crashed suspect is
+// declared down `CONFIRM_ATTEMPTS * probe_rtt` after the deadline.
+const CONFIRM_ATTEMPTS: u8 = 5;
+
 /// Foca is the main interaction point of this crate.
 ///
 /// It manages the cluster members and executes the SWIM protocol. It's
@@ -732,6 +738,23 @@ where
 
                 Ok(())
             }
+            Timer::ConfirmSuspicion { member_id, incarnation, attempts_left, token } => {
+                let still_suspect = self.members.inner.iter().any(|member| {
+                    member.id() == &member_id && member.state() == State::Suspect && member.incarnation() == incarnation
+                });
+                if !still_suspect {
+                    return Ok(());
+                }
+                if attempts_left == 0 {
+                    return self.handle_timer(Timer::ChangeSuspectToDown { member_id, incarnation, token }, runtime);
+                }
+                self.tell_suspect(&member_id, &mut runtime)?;
+                runtime.submit_after(
+                    Timer::ConfirmSuspicion { member_id, incarnation, attempts_left: attempts_left - 1, token },
+                    self.config.probe_rtt,
+                );
+                Ok(())
+            }
             Timer::RemoveDown(down) => {
                 if let Some(_removed) = self.members.remove_if_down(&down) {
                     #[cfg(feature = "tracing")]
@@ -1265,6 +1288,7 @@ where
         mut runtime: impl Runtime<T>,
     ) -> Result<()> {
         let id = update.id().clone();
+        let (update_state, update_incarnation) = (update.state(), update.incarnation());
 
         if summary.apply_successful {
             #[cfg(feature = "tracing")]
@@ -1280,6 +1304,20 @@ where
                 let data = self.serialize_member(update)?;
                 self.updates
                     .add_or_replace(addr, data, self.config.max_transmissions.get().into());
+            }
+
+            // PATCH: a suspicion learned from others gets its own deadline too, but one that
+            // asks the suspect before declaring it down (see `Timer::ConfirmSuspicion`).
+            if update_state == State::Suspect {
+                runtime.submit_after(
+                    Timer::ConfirmSuspicion {
+                        member_id: id.clone(),
+                        incarnation: update_incarnation,
+                        attempts_left: CONFIRM_ATTEMPTS,
+                        token: self.timer_token,
+                    },
+                    self.config.suspect_to_down_after,
+                );
             }
 
             // Down is a terminal state, so set up a handler for removing

@@ -241,6 +241,21 @@ pub enum Timer<T> {
         token: TimerToken,
     },
 
+    /// PATCH: a suspicion learned from others is due. Unless it was refuted
+    /// meanwhile (the incarnation moved), tell the suspect directly and wait
+    /// one `probe_rtt` for its refutation, `attempts_left` more times; then
+    /// declare it down.
+    ConfirmSuspicion {
+        /// Target member identity
+        member_id: T,
+        /// Its incarnation when the suspicion was learned.
+        incarnation: Incarnation,
+        /// Direct tells still to try.
+        attempts_left: u8,
+        /// See `TimerToken`
+        token: TimerToken,
+    },
+
     /// Sends a [`crate::Message::Announce`] to randomly chosen members as
     /// specified by [`crate::Config::periodic_announce`]
     PeriodicAnnounce(TimerToken),
@@ -279,6 +294,7 @@ impl<T> Timer<T> {
             Self::PeriodicGossip(_) => 4,
             Self::RemoveDown(_) => 5,
             Self::PeriodicAnnounceDown(_) => 6,
+            Self::ConfirmSuspicion { .. } => 7,
         }
     }
 }

@@ -95,8 +95,10 @@ pub fn serve_sync<S: Store + ?Sized>(store: &S, request: SyncRpc) -> Result<Repl
         }
         SyncRpc::Children { kind, partitions, prefixes } => {
             let mut out = Vec::with_capacity(prefixes.len());
+            let everything = PartitionSet::of(Partition::all());
+            let partitions = partitions.as_ref().unwrap_or(&everything);
             for prefix in prefixes {
-                let children = restricted_children(store, kind, &partitions, prefix, FANOUT_BITS)?;
+                let children = restricted_children(store, kind, partitions, prefix, FANOUT_BITS)?;
                 out.push(children.iter().map(Digest::short).collect());
             }
             Reply::Digests(out)
@@ -116,8 +118,15 @@ pub fn serve_sync<S: Store + ?Sized>(store: &S, request: SyncRpc) -> Result<Repl
 /// Why a request cannot be answered, if it cannot.
 fn malformed(request: &SyncRpc) -> Option<String> {
     match request {
-        SyncRpc::Roots { partitions } | SyncRpc::Children { partitions, .. } if !partitions.is_valid() => {
+        SyncRpc::Roots { partitions } | SyncRpc::Children { partitions: Some(partitions), .. }
+            if !partitions.is_valid() =>
+        {
             Some("a partition set of the wrong size".into())
+        }
+        SyncRpc::Children { partitions: None, prefixes, .. }
+            if prefixes.iter().any(|prefix| prefix.bits() < PARTITION_BITS as u8) =>
+        {
+            Some("prefixes above partition depth without the partitions they compare".into())
         }
         SyncRpc::Children { prefixes, .. } | SyncRpc::Entries { prefixes, .. }
             if prefixes.len() > PREFIXES_PER_REQUEST_MAX =>
@@ -239,9 +248,10 @@ mod tests {
         let deep = Prefix::new(63, 0).expect("prefix");
         assert!(refused(SyncRpc::Children {
             kind: DigestKind::Files,
-            partitions: PartitionSet::empty(),
+            partitions: Some(PartitionSet::empty()),
             prefixes: vec![deep]
         }));
+        assert!(refused(SyncRpc::Children { kind: DigestKind::Files, partitions: None, prefixes: vec![Prefix::ROOT] }));
         assert!(refused(SyncRpc::Entries { kind: DigestKind::Files, prefixes: vec![Prefix::ROOT], limit: 100_000 }));
         assert!(refused(SyncRpc::Fetch(vec![EntryKey::File("/a".into()); FETCH_KEYS_MAX + 1])));
         assert!(matches!(

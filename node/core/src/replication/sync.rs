@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use shoal_membership::PARTITION_BITS;
 use shoal_storage::{BlockHash, DigestKind, DirRecord, EntryKey, NodeId, Prefix, RecordUpdate};
 
 use super::digests::{ENTRIES_PER_PREFIX_MAX, FANOUT_BITS, FETCH_KEYS_MAX, PREFIXES_PER_REQUEST_MAX, PartitionSet};
@@ -154,7 +155,9 @@ impl SyncSession {
         let request = Request::Sync(match &question {
             Question::Roots => SyncRpc::Roots { partitions: self.partitions.clone() },
             Question::Children(kind, prefixes) => {
-                SyncRpc::Children { kind: *kind, partitions: self.partitions.clone(), prefixes: prefixes.clone() }
+                let above = prefixes.iter().any(|prefix| prefix.bits() < PARTITION_BITS as u8);
+                let partitions = above.then(|| self.partitions.clone());
+                SyncRpc::Children { kind: *kind, partitions, prefixes: prefixes.clone() }
             }
             Question::Entries(kind, prefixes) => {
                 SyncRpc::Entries { kind: *kind, prefixes: prefixes.clone(), limit: ENTRIES_PER_PREFIX_MAX }
