@@ -105,11 +105,29 @@ impl std::fmt::Debug for Digest {
     }
 }
 
-/// A node of a digest tree: every position whose top `bits` bits are `value`.
+/// A node of a digest tree: every position whose top `bits` bits are `value`. Decoding one
+/// from a peer checks it like [`Prefix::new`]: a malformed prefix is a decode error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "RawPrefix")]
 pub struct Prefix {
     bits: u8,
     value: u64,
+}
+
+/// A prefix as it arrives, before it is checked.
+#[derive(Deserialize)]
+struct RawPrefix {
+    bits: u8,
+    value: u64,
+}
+
+impl TryFrom<RawPrefix> for Prefix {
+    type Error = String;
+
+    fn try_from(raw: RawPrefix) -> Result<Prefix, String> {
+        Prefix::new(raw.bits, raw.value)
+            .ok_or_else(|| format!("prefix {} does not fit in {} bits", raw.value, raw.bits))
+    }
 }
 
 impl Prefix {
@@ -555,6 +573,23 @@ mod tests {
         assert_eq!(children.len(), 4);
         assert_eq!(children[3].range().1, prefix.range().1);
         assert!(Prefix::new(63, 0).and_then(|p| p.children(2)).is_none());
+    }
+
+    #[test]
+    fn a_malformed_prefix_from_a_peer_does_not_decode() {
+        let config = bincode::config::standard();
+        let good = bincode::serde::encode_to_vec(Prefix::new(4, 3).expect("prefix"), config).expect("encode");
+        let decoded: Prefix = bincode::serde::decode_from_slice(&good, config).expect("decode").0;
+        assert_eq!(decoded, Prefix::new(4, 3).expect("prefix"));
+        #[derive(Serialize)]
+        struct Forged {
+            bits: u8,
+            value: u64,
+        }
+        for (bits, value) in [(0, 1), (4, 16), (65, 0)] {
+            let forged = bincode::serde::encode_to_vec(Forged { bits, value }, config).expect("encode");
+            assert!(bincode::serde::decode_from_slice::<Prefix, _>(&forged, config).is_err(), "{bits} {value}");
+        }
     }
 
     #[test]

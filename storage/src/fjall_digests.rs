@@ -14,6 +14,11 @@ use crate::{BlockHash, Digest, DigestKind, EntryKey, FileRecord, Prefix, Store, 
 /// Entries re-indexed per batch when the index is rebuilt from the records.
 const REBUILD_BATCH: usize = 4096;
 
+/// Written once the index covers every entry (a fresh store, or a rebuild that finished): an
+/// index without it (a rebuild cut off by a crash, or a store from before the index) is
+/// rebuilt at open. Its first byte is no kind's, so no scan of a kind meets it.
+const INDEX_COMPLETE: &[u8] = b"\xffindex complete";
+
 impl FjallStore {
     pub(crate) fn lock_digests(&self) -> MutexGuard<'_, DigestCache> {
         // Every cache change completes before a panic could occur.
@@ -30,13 +35,20 @@ impl FjallStore {
     /// Fills the cache from the position index, or rebuilds the index from the entries if
     /// this store predates it.
     pub(crate) fn load_digests(&self) -> Result<(), StoreError> {
-        if self.digest_index.is_empty()? && !self.holds_nothing()? {
-            self.rebuild_digests()?;
-            return Ok(());
+        if !self.digest_index.contains_key(INDEX_COMPLETE)? {
+            if self.holds_nothing()? {
+                self.digest_index.clear()?;
+                self.digest_index.insert(INDEX_COMPLETE, [])?;
+                return self.db_persist();
+            }
+            return self.rebuild_digests();
         }
         let mut cache = DigestCache::default();
         for guard in self.digest_index.iter() {
             let (key, value) = guard.into_inner()?;
+            if key.as_ref() == INDEX_COMPLETE {
+                continue;
+            }
             // Kind and position are the key's first 9 bytes: no rehashing at start-up.
             let (kind, position) = (DigestKind::of_index_key(&key)?, digest::key_position(&key)?);
             cache.apply(kind, position, None, Some(&stored_hash(&value)?));
@@ -55,7 +67,9 @@ impl FjallStore {
     /// for a store written before digests existed, and for measuring how long that takes.
     /// Call it while nothing else writes.
     pub fn rebuild_digests(&self) -> Result<(), StoreError> {
+        // Cleared durably (marker included) first: a crash mid-way rebuilds again at open.
         self.digest_index.clear()?;
+        self.db_persist()?;
         let mut cache = DigestCache::default();
         let mut pending: Vec<(EntryKey, Digest)> = Vec::with_capacity(REBUILD_BATCH);
         let flush = |pending: &mut Vec<(EntryKey, Digest)>, cache: &mut DigestCache| -> Result<(), StoreError> {
@@ -100,6 +114,8 @@ impl FjallStore {
             flush(&mut pending, &mut cache)?;
         }
         self.db_persist()?;
+        self.digest_index.insert(INDEX_COMPLETE, [])?;
+        self.db_persist()?;
         let entries: u64 = DigestKind::ALL.iter().map(|kind| cache.entries(*kind)).sum();
         tracing::info!(entries, "digest index rebuilt from the entries");
         *self.lock_digests() = cache;
@@ -137,9 +153,10 @@ impl FjallStore {
         Ok(())
     }
 
-    /// Removes a block's index entry and its inline copy; made durable first when a block file
-    /// is about to be removed.
-    pub(crate) fn unindex_block(&self, hash: &BlockHash, is_file: bool) -> Result<(), StoreError> {
+    /// Removes a block: its index entry and inline copy, then (made durable first, so a crash
+    /// never leaves the digests claiming a block that is gone) its file. All under the block
+    /// index lock, so a concurrent write of the same block cannot index a file being removed.
+    pub(crate) fn unindex_block(&self, hash: &BlockHash) -> Result<(), StoreError> {
         let entry = EntryKey::Block(*hash);
         let index_key = entry.index_key();
         let _indexing = self.block_index_lock.lock().unwrap_or_else(|poison| poison.into_inner());
@@ -148,13 +165,24 @@ impl FjallStore {
         batch.remove(&self.small_blocks, hash.0);
         batch.remove(&self.digest_index, index_key);
         batch.commit()?;
-        if is_file {
-            self.db_persist()?;
-        }
         if indexed {
             self.lock_digests().apply(DigestKind::Blocks, entry.position(), Some(&entry.hash(&[])), None);
         }
-        Ok(())
+        let path = self.block_path(hash);
+        if !path.exists() {
+            return Ok(());
+        }
+        self.db_persist()?;
+        let _removing = self.file_lock.lock().unwrap_or_else(|poison| poison.into_inner());
+        match std::fs::metadata(&path) {
+            Ok(meta) => {
+                std::fs::remove_file(&path)?;
+                self.block_file_bytes.fetch_sub(meta.len(), Ordering::Relaxed);
+                Ok(())
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// [`Store::drop_prefix`]: under the lock that orders writes of `kind`, checks the

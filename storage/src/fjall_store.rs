@@ -453,20 +453,7 @@ impl Store for FjallStore {
 
     fn delete_block(&self, hash: &BlockHash) -> Result<(), StoreError> {
         self.refuse_if_poisoned()?;
-        let path = self.block_path(hash);
-        // Unindexed durably before the file goes: a crash in between must not leave the
-        // digests claiming a block that is gone (the reverse, an unindexed block, heals).
-        self.unindex_block(hash, path.exists())?;
-        let _removing = self.file_lock.lock().unwrap_or_else(|poison| poison.into_inner());
-        match fs::metadata(&path) {
-            Ok(meta) => {
-                fs::remove_file(&path)?;
-                self.block_file_bytes.fetch_sub(meta.len(), Ordering::Relaxed);
-                Ok(())
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(err.into()),
-        }
+        self.unindex_block(hash)
     }
 
     fn get_file(&self, path: &str) -> Result<Option<FileRecord>, StoreError> {

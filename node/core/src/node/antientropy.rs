@@ -21,7 +21,8 @@ use super::store_work::StoreWork;
 use super::{Event, JobPurpose, NodeCore, Timer};
 
 /// Ticks between two looks for copies this node no longer owns.
-pub const HELD_CHECK_TICKS: u64 = 15;
+/// Even: the look is made on even ticks only.
+pub const HELD_CHECK_TICKS: u64 = 16;
 
 /// Partitions handed over by one [`DrainSession`] at most.
 const DRAIN_PARTITIONS_MAX: usize = 256;
@@ -121,8 +122,12 @@ impl<S: Store> NodeCore<S> {
         let AnyOutput::Drain(outcome) = outcome else { panic!("a hand-over answers with its outcome") };
         match outcome {
             DrainOutcome::Confirmed(roots) => {
-                // Still running until the copies are dropped (or found changed).
-                let Some(op_partitions) = self.sync.draining.take() else {
+                // Still running until the copies are dropped (or found changed). A placement
+                // that changed meanwhile may have given some of them back: then keep them all.
+                let placement = self.view.placement();
+                let Some(op_partitions) =
+                    self.sync.draining.take().filter(|set| !set.iter().any(|p| placement.keeps(self.this, p)))
+                else {
                     self.sync.running = false;
                     return;
                 };

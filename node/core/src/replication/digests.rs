@@ -85,7 +85,10 @@ pub fn serve_sync<S: Store + ?Sized>(store: &S, request: SyncRpc) -> Result<Repl
         return Ok(Reply::Refused(Refusal::Other(why)));
     }
     Ok(match request {
-        SyncRpc::Roots { partitions } => {
+        SyncRpc::Roots { partitions, durable } => {
+            if durable {
+                store.sync()?;
+            }
             let mut roots = Vec::with_capacity(DigestKind::ALL.len());
             for kind in DigestKind::ALL {
                 let mut prefixes = partitions.iter().filter_map(|p| Prefix::new(PARTITION_BITS as u8, u64::from(p.0)));
@@ -118,7 +121,7 @@ pub fn serve_sync<S: Store + ?Sized>(store: &S, request: SyncRpc) -> Result<Repl
 /// Why a request cannot be answered, if it cannot.
 fn malformed(request: &SyncRpc) -> Option<String> {
     match request {
-        SyncRpc::Roots { partitions } | SyncRpc::Children { partitions: Some(partitions), .. }
+        SyncRpc::Roots { partitions, .. } | SyncRpc::Children { partitions: Some(partitions), .. }
             if !partitions.is_valid() =>
         {
             Some("a partition set of the wrong size".into())
@@ -244,7 +247,7 @@ mod tests {
     fn malformed_requests_are_refused_not_served() {
         let store = store_with(&["/a"]);
         let refused = |request| matches!(serve_sync(&store, request), Ok(Reply::Refused(_)));
-        assert!(refused(SyncRpc::Roots { partitions: PartitionSet(vec![0; 3]) }));
+        assert!(refused(SyncRpc::Roots { partitions: PartitionSet(vec![0; 3]), durable: false }));
         let deep = Prefix::new(63, 0).expect("prefix");
         assert!(refused(SyncRpc::Children {
             kind: DigestKind::Files,

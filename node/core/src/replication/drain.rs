@@ -82,7 +82,7 @@ impl DrainSession {
         for node in asked {
             let token = self.token();
             self.verifying.insert(token, node);
-            let request = Request::Sync(SyncRpc::Roots { partitions: self.partitions.clone() });
+            let request = Request::Sync(SyncRpc::Roots { partitions: self.partitions.clone(), durable: true });
             self.queue.push_back(Outgoing { token, to: node, request });
         }
     }

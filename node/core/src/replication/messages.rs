@@ -144,6 +144,9 @@ pub enum SyncRpc {
     Roots {
         /// The partitions compared.
         partitions: PartitionSet,
+        /// Make every write durable before answering: a hand-over drops its copy on the
+        /// strength of these roots, so they must not count writes a crash could still undo.
+        durable: bool,
     },
     /// The digests of each prefix's children, [`FANOUT_BITS`](super::digests::FANOUT_BITS)
     /// deeper; above partition depth only `partitions` count (answered by

@@ -153,7 +153,7 @@ impl SyncSession {
 
     fn ask(&mut self, question: Question) {
         let request = Request::Sync(match &question {
-            Question::Roots => SyncRpc::Roots { partitions: self.partitions.clone() },
+            Question::Roots => SyncRpc::Roots { partitions: self.partitions.clone(), durable: false },
             Question::Children(kind, prefixes) => {
                 let above = prefixes.iter().any(|prefix| prefix.bits() < PARTITION_BITS as u8);
                 let partitions = above.then(|| self.partitions.clone());
@@ -261,7 +261,9 @@ impl SyncSession {
                     self.compare_entries(kind, *prefix, a, b);
                 }
             }
-            (Question::Fetch(_), Reply::Records(mine), Reply::Records(theirs)) => self.merge_records(mine, theirs),
+            (Question::Fetch(keys), Reply::Records(mine), Reply::Records(theirs)) => {
+                self.merge_records(&keys, mine, theirs)
+            }
             (_, Reply::Refused(why), _) => return Err(format!("this node's store refused: {why}")),
             (_, _, Reply::Refused(why)) => return Err(format!("the peer refused: {why}")),
             (question, _, _) => return Err(format!("answers that do not fit the question {question:?}")),
@@ -318,10 +320,15 @@ impl SyncSession {
         }
     }
 
-    /// Sends each side the merge of both where it holds less.
-    fn merge_records(&mut self, mine: Vec<RecordUpdate>, theirs: Vec<RecordUpdate>) {
-        let mine: BTreeMap<EntryKey, RecordUpdate> = mine.into_iter().filter_map(keyed).collect();
-        let theirs: BTreeMap<EntryKey, RecordUpdate> = theirs.into_iter().filter_map(keyed).collect();
+    /// Sends each side the merge of both where it holds less. Records for keys not asked
+    /// about are ignored: a peer chooses nothing this node stores.
+    fn merge_records(&mut self, asked: &[EntryKey], mine: Vec<RecordUpdate>, theirs: Vec<RecordUpdate>) {
+        let asked: BTreeSet<&EntryKey> = asked.iter().collect();
+        let only_asked = |(key, update): (EntryKey, RecordUpdate)| asked.contains(&key).then_some((key, update));
+        let mine: BTreeMap<EntryKey, RecordUpdate> =
+            mine.into_iter().filter_map(keyed).filter_map(only_asked).collect();
+        let theirs: BTreeMap<EntryKey, RecordUpdate> =
+            theirs.into_iter().filter_map(keyed).filter_map(only_asked).collect();
         let (mut to_me, mut to_peer) = (Vec::new(), Vec::new());
         for key in mine.keys().chain(theirs.keys()).collect::<BTreeSet<_>>() {
             let (a, b) = (mine.get(key), theirs.get(key));
