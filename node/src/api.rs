@@ -80,6 +80,16 @@ pub struct Status {
     pub replication: Replication,
     /// Every member this node knows, itself included.
     pub members: Vec<Member>,
+    /// Partitions whose owners changed in this node's ring without anti-entropy having
+    /// confirmed yet that the new owners hold what the previous ones did: reads and writes
+    /// there still need the previous owners too. 0 in a settled cluster.
+    #[serde(default)]
+    pub settling_partitions: u64,
+    /// Why this node does not coordinate client requests now (not joined yet, fewer than a
+    /// strict majority of its members in sight, or learning where the others place data);
+    /// absent when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_coordinating: Option<String>,
 }
 
 /// N, W and R.

@@ -145,9 +145,6 @@ pub struct ServeArgs {
     /// Seconds a down member keeps its ring ranges [default: 600].
     #[arg(long)]
     pub evict_after_secs: Option<u64>,
-    /// Seconds previous owners are still used after a ring change [default: 60].
-    #[arg(long)]
-    pub transition_secs: Option<u64>,
     /// Milliseconds a replica has to answer [default: 5000].
     #[arg(long)]
     pub rpc_timeout_ms: Option<u64>,
@@ -216,7 +213,6 @@ impl ServeArgs {
             write_quorum,
             read_quorum,
             evict_after_secs,
-            transition_secs,
             rpc_timeout_ms,
             rpc_in_flight_per_peer_max
         );
@@ -400,6 +396,16 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
     let r = status.replication;
     let me = status.node_id.get(..8).unwrap_or(&status.node_id);
     println!("cluster as seen by {me} (shoal {}), N={} W={} R={}", status.shoal_version, r.n, r.w, r.r);
+    match &status.not_coordinating {
+        Some(why) => println!("not coordinating requests: {why}"),
+        None => println!("coordinating requests"),
+    }
+    if status.settling_partitions > 0 {
+        println!(
+            "{} partitions settling: their new owners are not yet confirmed to hold what the previous ones did",
+            status.settling_partitions
+        );
+    }
     let header = ["NODE", "ADDRESS", "HTTP", "ZONE", "STATE", "RING", "GEN", "CAPACITY", "USED", "SINCE"];
     let rows: Vec<[String; 10]> = status
         .members

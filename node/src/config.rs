@@ -69,9 +69,6 @@ pub struct Config {
     /// Seconds a member SWIM declared down keeps its place in the ring before its ranges move
     /// to others: a flapping node or a short partition moves no data. Default 600.
     pub evict_after_secs: u64,
-    /// Seconds after a ring change during which the previous owners are still written and
-    /// read, while the new owners catch up. Default 60.
-    pub transition_secs: u64,
     /// Milliseconds a replica has to answer one request before it counts as timed out (a write
     /// without a quorum by then is *in doubt*). Default 5000.
     pub rpc_timeout_ms: u64,
@@ -103,7 +100,6 @@ impl Default for Config {
             write_quorum: 2,
             read_quorum: 2,
             evict_after_secs: 600,
-            transition_secs: 60,
             rpc_timeout_ms: 5000,
             rpc_in_flight_per_peer_max: 64,
         }
@@ -249,7 +245,6 @@ impl Config {
             block_size_bytes: self.block_size_bytes,
             rpc_timeout: Duration::from_millis(self.rpc_timeout_ms),
             evict_after: Duration::from_secs(self.evict_after_secs),
-            transition: Duration::from_secs(self.transition_secs),
             upload_blocks_in_flight_max: self.upload_blocks_in_flight_max,
             download_blocks_ahead_max: self.download_blocks_ahead_max,
             ..shoal_core::node::CoreConfig::default()

@@ -3,9 +3,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use shoal_core::replication::Placement;
 use shoal_membership::{MemberState, MemberView};
+use shoal_storage::NodeId;
 
 use crate::sim::{NodeStatus, Sim};
 
@@ -357,6 +360,33 @@ impl Sim {
 
     /// Runs until [`check_replicas_agree`](Sim::check_replicas_agree) passes, checking every
     /// 5 s of virtual time, for at most `max`; returns the report and how long it took.
+    /// Waits until no running node's placement has a partition settling: anti-entropy gave
+    /// every node the evidence that ends its transitions. Returns how long it took.
+    pub fn wait_for_settled(&mut self, max: Duration) -> Result<Duration, CheckFailure> {
+        self.wait_for("every placement to settle", max, |sim| {
+            let settling: Vec<(usize, Arc<Placement>)> = sim
+                .running_nodes()
+                .into_iter()
+                .filter_map(|index| Some((index, sim.placement(index)?)))
+                .filter(|(_, placement)| placement.in_transition())
+                .collect();
+            sim.check(settling.is_empty(), || {
+                let counts: Vec<(usize, usize)> = settling.iter().map(|(i, p)| (*i, p.settling().len())).collect();
+                let (index, placement) = &settling[0];
+                let (partition, sets) = placement.settling().iter().next().expect("in transition");
+                let name = |sets: &[Vec<NodeId>]| -> Vec<Vec<Option<usize>>> {
+                    sets.iter().map(|set| set.iter().map(|node| sim.index_of(node.0)).collect()).collect()
+                };
+                format!(
+                    "partitions still settling (node, count): {counts:?}; node {index}'s {partition:?}: owners {:?}, \
+                     previous {:?}",
+                    name(&[placement.owners(*partition)]),
+                    name(sets)
+                )
+            })
+        })
+    }
+
     pub fn wait_for_replicas(&mut self, max: Duration) -> Result<(ReplicaReport, Duration), CheckFailure> {
         let start = self.now();
         loop {

@@ -89,15 +89,13 @@ impl fmt::Display for ReplicationConfig {
         let core = &self.core;
         write!(
             f,
-            "N={} W={} R={} block={}B evict_after={}s transition={}s rpc_timeout={}ms handoff_retry={}s skew_max={}s",
+            "N={} W={} R={} block={}B evict_after={}s rpc_timeout={}ms skew_max={}s",
             core.quorum.n,
             core.quorum.w,
             core.quorum.r,
             core.block_size_bytes,
             core.evict_after.as_secs_f64(),
-            core.transition.as_secs_f64(),
             core.rpc_timeout.as_millis(),
-            core.handoff_retry_pause.as_secs_f64(),
             self.clock_skew_max.as_secs_f64()
         )
     }

@@ -61,11 +61,15 @@ pub enum Scenario {
     RingChange,
     /// One node cut off; writes there are never acknowledged, the majority's succeed.
     Minority,
+    /// A 2 | 3 split longer than `evict_after` (both sides evict the other), with clock skew
+    /// and a crash on either side in some seeds; read-after-write holds and nothing
+    /// acknowledged is lost.
+    Split,
 }
 
 impl Scenario {
     /// Every scenario, in the order the binary lists them.
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::Join,
         Scenario::Crash,
         Scenario::Partition,
@@ -78,6 +82,7 @@ impl Scenario {
         Scenario::ClockSkew,
         Scenario::RingChange,
         Scenario::Minority,
+        Scenario::Split,
     ];
 
     /// The name on the command line.
@@ -95,6 +100,7 @@ impl Scenario {
             Scenario::ClockSkew => "clock-skew",
             Scenario::RingChange => "ring-change",
             Scenario::Minority => "minority",
+            Scenario::Split => "split",
         }
     }
 
@@ -105,7 +111,7 @@ impl Scenario {
             Scenario::Loss => 32,
             Scenario::Garbage => 10,
             Scenario::Swarm => 16,
-            Scenario::DataFaults | Scenario::ClockSkew | Scenario::Minority => 5,
+            Scenario::DataFaults | Scenario::ClockSkew | Scenario::Minority | Scenario::Split => 5,
             // Five at first, the sixth joins during the run.
             Scenario::RingChange => 6,
         }
@@ -126,6 +132,7 @@ impl Scenario {
             Scenario::ClockSkew => data::clock_skew(options),
             Scenario::RingChange => data::ring_change(options),
             Scenario::Minority => data::minority(options),
+            Scenario::Split => data::split(options),
         }
     }
 }

@@ -265,8 +265,8 @@ pub fn free_port_range(count: u16) -> u16 {
     panic!("no {count} consecutive free loopback ports found in {ATTEMPTS} attempts");
 }
 
-/// Waits until every node has every other alive in its ring, then for a 1 s transition to
-/// end (nodes started with `--transition-secs 1`).
+/// Waits until every node has every other alive in its ring, no partition settling (the
+/// transition confirmed by anti-entropy) and coordinates.
 pub async fn wait_for_ring(nodes: &[&ShoalProcess], size: usize) {
     let start = Instant::now();
     loop {
@@ -274,22 +274,33 @@ pub async fn wait_for_ring(nodes: &[&ShoalProcess], size: usize) {
         for node in nodes {
             let status = node.client().status().await.expect("status");
             let in_ring = status.members.iter().filter(|m| m.state == "alive" && m.ring_share_percent > 0.0).count();
-            ready &= in_ring == size;
+            ready &= in_ring == size && status.settling_partitions == 0 && status.not_coordinating.is_none();
         }
         if ready {
-            // Let the placement drop the previous ring (1 s transition, refreshed every 200 ms).
-            tokio::time::sleep(Duration::from_millis(1500)).await;
             return;
         }
-        if start.elapsed() > Duration::from_secs(30) {
+        if start.elapsed() > Duration::from_secs(60) {
             let mut views = String::new();
             for node in nodes {
-                views.push_str(&format!("{:#?}\n", node.client().status().await.map(|s| s.members)));
+                let status = node.client().status().await;
+                views.push_str(&format!("{:#?}\n", status.map(|s| (s.settling_partitions, s.members))));
             }
-            panic!("the ring did not form within 30 s:\n{views}");
+            panic!("the ring did not form and settle within 60 s:\n{views}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The sum of a labelled counter's series in a node's `/metrics` whose labels contain
+/// `label` (such as `direction="pulled"`), 0 if absent.
+pub async fn metric_sum(node: &ShoalProcess, name: &str, label: &str) -> u64 {
+    let url = format!("{}/metrics", node.url());
+    let text = reqwest::get(&url).await.expect("metrics").text().await.expect("metrics body");
+    text.lines()
+        .filter(|line| line.starts_with(name) && line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|value| value as u64)
+        .sum()
 }
 
 /// A counter or gauge from a node's `/metrics`, 0 if absent.

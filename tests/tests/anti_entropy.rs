@@ -16,10 +16,8 @@ use shoal_tests::{NodeOptions, ShoalProcess, metric, pseudo_random_bytes, wait_f
 const FILES: u64 = 30;
 
 fn args(seed: Option<&ShoalProcess>) -> Vec<String> {
-    let mut args: Vec<String> = ["--gossip-preset", "local", "--transition-secs", "1", "--evict-after-secs", "8"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let mut args: Vec<String> =
+        ["--gossip-preset", "local", "--evict-after-secs", "8"].into_iter().map(String::from).collect();
     if let Some(seed) = seed {
         args.extend(["--seed".to_string(), seed.cluster_addr.to_string()]);
     }

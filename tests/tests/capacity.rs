@@ -13,18 +13,10 @@ fn start(seed: Option<&ShoalProcess>, reserve: u64) -> ShoalProcess {
     // A configured capacity of 1 GiB, a power of two, above what the reserve leaves: a node
     // that reported used + available bytes (rounded to a power of two) changed its weight as
     // the shared free space shrank by about 2 MiB per upload.
-    let mut args: Vec<String> = [
-        "--gossip-preset",
-        "local",
-        "--transition-secs",
-        "1",
-        "--capacity-bytes",
-        "1073741824",
-        "--disk-reserve-bytes",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
+    let mut args: Vec<String> = ["--gossip-preset", "local", "--capacity-bytes", "1073741824", "--disk-reserve-bytes"]
+        .into_iter()
+        .map(String::from)
+        .collect();
     args.push(reserve.to_string());
     if let Some(seed) = seed {
         args.extend(["--seed".to_string(), seed.cluster_addr.to_string()]);

@@ -23,7 +23,7 @@ use crate::core::files::{FileError, FileStat, ReadPlan};
 use crate::core::node::{
     Answer, Client, ClientId, CoreConfig, Event, NodeCore, PeerRequestId, Put, PutProgress, Read, StoreJob, Transmit,
 };
-use crate::core::replication::{KnownMember, Placement, Reply, Request};
+use crate::core::replication::{ClusterMemory, KnownMember, Placement, Reply, Request};
 
 /// A handle on this node's core, shared by every task of the node.
 #[derive(Clone)]
@@ -39,7 +39,7 @@ struct Shared {
     /// Wakes the timer task when the core's next deadline moved earlier.
     timer: Notify,
     /// The members the core remembers, for the task that saves them.
-    known: watch::Sender<Vec<KnownMember>>,
+    known: watch::Sender<ClusterMemory>,
 }
 
 struct State {
@@ -93,7 +93,7 @@ impl Cluster {
         config: CoreConfig,
         this: NodeId,
         store: Arc<FjallStore>,
-        remembered: Vec<KnownMember>,
+        remembered: ClusterMemory,
         has_seeds: bool,
         rpc: RpcClient,
         metrics: Arc<Metrics>,
@@ -164,8 +164,13 @@ impl Cluster {
                 self.shared.known.send_replace(known);
             }
             Event::PlacementChanged(placement) => {
-                let (members, transition) = (placement.ring().members().len(), placement.in_transition());
-                tracing::debug!(members, transition, "placement changed");
+                let (members, settling) = (placement.ring().members().len(), placement.settling().len());
+                metrics.partitions_settling.set(settling as i64);
+                tracing::debug!(members, settling, "placement changed");
+            }
+            Event::Settled { partitions, found, settling } => {
+                metrics.partitions_settled.inc_by(partitions as u64);
+                tracing::info!(partitions, found, settling, "partitions settled on anti-entropy's evidence");
             }
             Event::RingChanged { members } => {
                 metrics.ring_changes.inc();
@@ -190,8 +195,12 @@ impl Cluster {
                 metrics.copies_dropped.inc_by(dropped as u64);
                 tracing::debug!(partitions, dropped, ?failure, "hand-over of copies no longer owned");
             }
-            Event::HandoffPushed { .. } | Event::HandoffEnded { .. } => {}
         }
+    }
+
+    /// Why this node does not coordinate client requests now, if it does not.
+    pub fn not_coordinating(&self) -> Option<String> {
+        self.lock().core.not_coordinating()
     }
 
     /// The placement in force (before this node joined too, for status).
@@ -372,20 +381,32 @@ impl Download {
 /// The file in the data directory listing the members this node knows.
 pub const KNOWN_MEMBERS_FILE: &str = "members.json";
 
-/// Reads the members saved by a previous run (none if the file is missing or unreadable).
-pub fn load_known(path: &std::path::Path) -> Vec<KnownMember> {
+/// What a previous run saved: members and settling partitions (nothing if the file is
+/// missing or unreadable). A file from before settling partitions were saved is the member
+/// list alone.
+pub fn load_known(path: &std::path::Path) -> ClusterMemory {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Saved {
+        Memory(ClusterMemory),
+        Members(Vec<KnownMember>),
+    }
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
-            tracing::warn!(%err, path = %path.display(), "unreadable member list; starting from the view alone");
-            Vec::new()
-        }),
-        Err(_) => Vec::new(),
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(Saved::Memory(memory)) => memory,
+            Ok(Saved::Members(members)) => ClusterMemory { members, settling: Vec::new() },
+            Err(err) => {
+                tracing::warn!(%err, path = %path.display(), "unreadable member list; starting from the view alone");
+                ClusterMemory::default()
+            }
+        },
+        Err(_) => ClusterMemory::default(),
     }
 }
 
 /// Saves the known members whenever they change, atomically (temporary file, fsync,
 /// rename); a failure is logged and retried at the next change.
-async fn save_known(path: PathBuf, mut known: watch::Receiver<Vec<KnownMember>>) {
+async fn save_known(path: PathBuf, mut known: watch::Receiver<ClusterMemory>) {
     while known.changed().await.is_ok() {
         let Ok(bytes) = serde_json::to_vec_pretty(&*known.borrow_and_update()) else { continue };
         let path = path.clone();

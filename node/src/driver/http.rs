@@ -404,8 +404,8 @@ async fn status(State(state): State<AppState>) -> ApiResult<Json<api::Status>> {
         .members()
         .await
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "membership is shutting down"))?;
-    let shares: std::collections::HashMap<u128, f64> =
-        state.cluster.placement().ring().primary_shares().into_iter().collect();
+    let placement = state.cluster.placement();
+    let shares: std::collections::HashMap<u128, f64> = placement.ring().primary_shares().into_iter().collect();
     let now = now_ms();
     let members = views
         .into_iter()
@@ -432,6 +432,8 @@ async fn status(State(state): State<AppState>) -> ApiResult<Json<api::Status>> {
         shoal_version: env!("CARGO_PKG_VERSION").into(),
         replication: api::Replication { n: quorum.n as u32, w: quorum.w as u32, r: quorum.r as u32 },
         members,
+        settling_partitions: placement.settling().len() as u64,
+        not_coordinating: state.cluster.not_coordinating(),
     }))
 }
 

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub read_repairs: Counter,
     /// Ring changes this node saw (members, zones or capacities; never free space).
     pub ring_changes: Counter,
+    /// Partitions whose ownership change is not confirmed yet in this node's ring.
+    pub partitions_settling: Gauge,
+    /// Partitions whose transition ended on anti-entropy's evidence.
+    pub partitions_settled: Counter,
     /// Anti-entropy exchanges this node started, by result.
     pub sync_exchanges: Family<ResultLabels, Counter>,
     /// Entries anti-entropy copied, by kind and direction.
@@ -149,6 +153,18 @@ impl Metrics {
         registry.register("read_repairs", "Stale replicas repaired by reads", read_repairs.clone());
         let ring_changes = Counter::default();
         registry.register("ring_changes", "Ring changes seen (membership or configuration)", ring_changes.clone());
+        let partitions_settling = Gauge::default();
+        registry.register(
+            "partitions_settling",
+            "Partitions whose new owners are not yet confirmed to hold what the previous ones did",
+            partitions_settling.clone(),
+        );
+        let partitions_settled = Counter::default();
+        registry.register(
+            "partitions_settled",
+            "Partitions whose transition ended on anti-entropy's evidence",
+            partitions_settled.clone(),
+        );
         let sync_exchanges = Family::<ResultLabels, Counter>::default();
         registry.register("sync_exchanges", "Anti-entropy exchanges started here, by result", sync_exchanges.clone());
         let handovers = Family::<ResultLabels, Counter>::default();
@@ -182,6 +198,8 @@ impl Metrics {
         Self {
             read_repairs,
             ring_changes,
+            partitions_settling,
+            partitions_settled,
             sync_exchanges,
             sync_repairs,
             handovers,

@@ -135,6 +135,7 @@ impl Node {
         // The members it knew last time are greeted too: a restarted node rejoins even if
         // its seeds are down.
         let remembered_addrs: Vec<SocketAddr> = remembered
+            .members
             .iter()
             .map(|member| member.rpc_addr)
             .filter(|addr| *addr != cluster_addr && !seeds.contains(addr))

@@ -26,9 +26,17 @@ fn data_config(options: &ScenarioOptions, scenario: Scenario, replication: Repli
 /// no longer owns one owner set every other tick.
 const REPLICAS_CONVERGE_MAX: Duration = Duration::from_secs(300);
 
+/// Starts every node and waits until the views converged and every placement settled (the
+/// rings a forming cluster passes through confirmed by evidence), before any workload: the
+/// faults these scenarios inject then meet a settled cluster. Returns how long it took.
+fn start_and_settle(sim: &mut Sim) -> Result<Duration, CheckFailure> {
+    let converged = start_and_converge(sim)?;
+    Ok(converged + sim.wait_for_settled(Duration::from_secs(60))?)
+}
+
 /// The end of every data scenario: no new client operations, every fault lifted (crashed
 /// nodes restarted unless `keep_down`), the views converged, the placements settled
-/// (transitions over); after a quiet period every partition's running owners must hold the
+/// (every partition's transition confirmed by anti-entropy); after a quiet period every partition's running owners must hold the
 /// same entries (anti-entropy, checked before any read could repair them); then the history
 /// checks and the final read of every path through a random running node. Returns the facts
 /// to report.
@@ -42,8 +50,7 @@ fn heal_and_check(sim: &mut Sim, rng: &mut StdRng, keep_down: &[usize]) -> Resul
     }
     sim.wait_for_clients(Duration::from_secs(60))?;
     let converged = sim.wait_for("the views to converge after the heal", RECONVERGE_MAX, Sim::check_converged)?;
-    let transition = sim.config().replication.as_ref().map_or(Duration::ZERO, |r| r.core.transition);
-    sim.run_for(transition + Duration::from_secs(1));
+    let settled = sim.wait_for_settled(REPLICAS_CONVERGE_MAX)?;
     let (replicas, repaired) = sim.wait_for_replicas(REPLICAS_CONVERGE_MAX)?;
     sim.check_history()?;
     let running = sim.running_nodes();
@@ -54,6 +61,7 @@ fn heal_and_check(sim: &mut Sim, rng: &mut StdRng, keep_down: &[usize]) -> Resul
     let stats = sim.data_stats();
     Ok(vec![
         fact("converged after the heal in", secs(converged)),
+        fact("placements settled after that in", secs(settled)),
         fact(
             "replicas after the quiet period",
             format!(
@@ -83,7 +91,10 @@ fn heal_and_check(sim: &mut Sim, rng: &mut StdRng, keep_down: &[usize]) -> Resul
         ),
         fact("placement changes (all nodes)", stats.placement_changes),
         fact("ring changes (all nodes)", stats.ring_changes),
-        fact("hand-off pushes (all nodes)", stats.handoff_pushes),
+        fact(
+            "partitions settled on evidence (all nodes)",
+            format!("{}; {} owner sets found in other views", stats.partitions_settled, stats.owner_sets_found),
+        ),
         fact(
             "anti-entropy (all nodes)",
             format!(
@@ -127,7 +138,7 @@ pub(super) fn data_faults(options: &ScenarioOptions) -> Result<Summary, CheckFai
         secs(heal_at),
         secs(fault_phase)
     );
-    let converged = start_and_converge(&mut sim)?;
+    let converged = start_and_settle(&mut sim)?;
     sim.start_workload(Workload::default());
     let start = sim.now();
     let others: Vec<usize> = (0..n).filter(|&index| index != isolated).collect();
@@ -175,7 +186,7 @@ pub(super) fn clock_skew(options: &ScenarioOptions) -> Result<Summary, CheckFail
         sim.set_clock_offset(index, *offset);
     }
     eprintln!("clock offsets (µs): {offsets:?}");
-    let converged = start_and_converge(&mut sim)?;
+    let converged = start_and_settle(&mut sim)?;
     // Few paths, mostly writes: many writes follow one another on each path, through nodes
     // whose clocks disagree.
     let workload = Workload {
@@ -214,7 +225,6 @@ pub(super) fn clock_skew(options: &ScenarioOptions) -> Result<Summary, CheckFail
 pub(super) fn ring_change(options: &ScenarioOptions) -> Result<Summary, CheckFailure> {
     let mut replication = ReplicationConfig::default();
     replication.core.evict_after = Duration::from_secs(30);
-    replication.core.transition = Duration::from_secs(20);
     let config = data_config(options, Scenario::RingChange, replication);
     let n = config.nodes;
     assert!(n >= 5, "the scenario needs at least 5 nodes");
@@ -270,7 +280,7 @@ pub(super) fn minority(options: &ScenarioOptions) -> Result<Summary, CheckFailur
     assert!(n >= 3, "a minority of one needs a majority of at least two");
     let partition_length = options.duration.unwrap_or(Duration::from_secs(30));
     let mut sim = Sim::new(config);
-    let converged = start_and_converge(&mut sim)?;
+    let converged = start_and_settle(&mut sim)?;
     let mut plan_rng = sim.scenario_rng(7);
     let isolated = plan_rng.random_range(0..n);
     let others: Vec<usize> = (0..n).filter(|&index| index != isolated).collect();
@@ -319,4 +329,70 @@ pub(super) fn minority(options: &ScenarioOptions) -> Result<Summary, CheckFailur
     let mut rng = sim.scenario_rng(4);
     facts.extend(heal_and_check(&mut sim, &mut rng, &[])?);
     Ok(Summary::new(Scenario::Minority, &sim, facts))
+}
+
+/// The network splits into two sides (2 | 3 at five nodes) for longer than `evict_after`
+/// (30 s here) while clients write through every node. Some seeds skew the clocks by up to
+/// ±30 s, some crash a node on one side during the split (restarted at the heal). Only the
+/// side that sees a strict majority evicts the other and goes on coordinating; the other
+/// stops coordinating, and after the heal learns where the majority placed data before it
+/// coordinates again (docs/ARCHITECTURE.md §5): read-after-write holds throughout, nothing
+/// acknowledged is lost, and after the heal every partition settles and its owners agree.
+pub(super) fn split(options: &ScenarioOptions) -> Result<Summary, CheckFailure> {
+    let mut replication = ReplicationConfig::default();
+    replication.core.evict_after = Duration::from_secs(30);
+    let seed_rng = &mut StdRng::seed_from_u64(options.seed ^ 0x5917_u64);
+    let skewed = seed_rng.random_bool(0.5);
+    if skewed {
+        replication.clock_skew_max = Duration::from_secs(30);
+    }
+    let config = data_config(options, Scenario::Split, replication);
+    let n = config.nodes;
+    assert!(n >= 3, "a split needs two sides");
+    let mut sim = Sim::new(config);
+    let converged = start_and_settle(&mut sim)?;
+    let mut plan_rng = sim.scenario_rng(8);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut plan_rng);
+    let (small, large) = order.split_at(n / 2);
+    let (small, large) = (small.to_vec(), large.to_vec());
+    let split_for = Duration::from_millis(plan_rng.random_range(45_000..120_000));
+    let crash = plan_rng.random_bool(0.5).then(|| order[plan_rng.random_range(0..n)]);
+    let crash_after = Duration::from_millis(plan_rng.random_range(1_000..40_000));
+    eprintln!(
+        "plan: split {small:?} | {large:?} for {}, clocks skewed: {skewed}, crash: {crash:?} {} into the split",
+        secs(split_for),
+        secs(crash_after)
+    );
+    sim.start_workload(Workload { put_percent: 50, get_percent: 35, ..Workload::default() });
+    sim.run_for(Duration::from_secs(5));
+    sim.partition(&[&small, &large]);
+    let split_at = sim.now();
+    if let Some(victim) = crash {
+        sim.run_for(crash_after);
+        sim.crash(victim);
+    }
+    sim.run_for((split_at + split_for).saturating_sub(sim.now()));
+    // Only a side that sees a strict majority evicts the other (docs/ARCHITECTURE.md §5).
+    let running = sim.running_nodes();
+    for &index in &running {
+        let side = if small.contains(&index) { &small } else { &large };
+        let up = side.iter().filter(|node| running.contains(node)).count();
+        let expected = if up * 2 > n { side.len() } else { n };
+        let members = sim.placement(index).expect("a running node has a placement").ring().members().len();
+        sim.check(members == expected, || {
+            format!("node {index} has {members} members in its ring after the split, not {expected}")
+        })?;
+    }
+    sim.heal();
+    sim.run_for(Duration::from_secs(20));
+    let mut facts = vec![
+        fact("converged after", secs(converged)),
+        fact("split", format!("{small:?} | {large:?} for {}", secs(split_for))),
+        fact("clocks skewed by up to 30 s", skewed),
+        fact("crashed during the split", format!("{crash:?}")),
+    ];
+    let mut rng = sim.scenario_rng(4);
+    facts.extend(heal_and_check(&mut sim, &mut rng, &[])?);
+    Ok(Summary::new(Scenario::Split, &sim, facts))
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use shoal_core::node::{ClientId, CoreConfig, Event, MessageId, NodeCore, PeerRequestId, StoreWork, Transmit};
-use shoal_core::replication::{BlockRpc, KnownMember, Placement, RecordRpc, Reply, Request};
+use shoal_core::replication::{BlockRpc, ClusterMemory, Placement, RecordRpc, Reply, Request};
 use shoal_membership::MemberView;
 use shoal_storage::{MemStore, NodeId};
 
@@ -67,8 +67,10 @@ pub struct DataStats {
     pub placement_changes: u64,
     /// Times a node's ring changed (members, zones or capacities).
     pub ring_changes: u64,
-    /// Records and blocks pushed by hand-offs after ring changes.
-    pub handoff_pushes: u64,
+    /// Partitions whose transition ended on anti-entropy's evidence.
+    pub partitions_settled: u64,
+    /// Owner sets found in other nodes' views that a placement did not honour yet.
+    pub owner_sets_found: u64,
     /// Anti-entropy exchanges that ended.
     pub sync_exchanges: u64,
     /// Anti-entropy exchanges that stopped early (a peer down, a timeout).
@@ -132,7 +134,7 @@ pub(super) struct DataNode {
     pub(super) core: Option<NodeCore<MemStore>>,
     /// The members its core remembers, kept across restarts like the real node's
     /// `members.json`.
-    known: Vec<KnownMember>,
+    known: ClusterMemory,
     /// The membership view last handed to the core.
     fed: Option<Vec<MemberView>>,
     /// When the pending timeout event of this run fires (virtual µs).
@@ -154,7 +156,7 @@ impl DataNode {
             store: Arc::new(MemStore::new(replication.store_capacity_bytes)),
             clock_offset_us,
             core: None,
-            known: Vec::new(),
+            known: ClusterMemory::default(),
             fed: None,
             timer_at: None,
             serving: BTreeMap::new(),
@@ -403,14 +405,17 @@ impl Sim {
             Event::PlacementChanged(placement) => {
                 stats.placement_changes += 1;
                 let members = self.ring_indices(&placement);
-                let transition = placement.in_transition();
-                tracing::debug!(node = index, ?members, transition, "placement changed");
-                self.record_action(format_args!("placement {index} {members:?} transition={transition}"));
+                let settling = placement.settling().len();
+                tracing::debug!(node = index, ?members, settling, "placement changed");
+                self.record_action(format_args!("placement {index} {members:?} settling={settling}"));
             }
             Event::RingChanged { .. } => stats.ring_changes += 1,
-            Event::HandoffPushed { pushed, .. } => stats.handoff_pushes += pushed,
-            Event::HandoffEnded { pushed, succeeded } => {
-                self.record_action(format_args!("hand-off {index} done: {pushed} pushed, succeeded={succeeded}"));
+            Event::Settled { partitions, found, settling } => {
+                stats.partitions_settled += partitions as u64;
+                stats.owner_sets_found += found as u64;
+                self.record_action(format_args!(
+                    "settled {index}: {partitions} partitions, {found} sets from other views, {settling} still settling"
+                ));
             }
             Event::RepairsSent(count) => stats.read_repairs += count,
             Event::Timeout(_) => stats.timeouts += 1,

@@ -6,14 +6,18 @@
 //! - look for such copies (which partitions does the store hold?), every
 //!   [`HELD_CHECK_TICKS`] ticks or after the placement changed;
 //! - otherwise, one exchange ([`SyncSession`]) with the next member in turn that co-owns
-//!   partitions with it.
+//!   partitions with it (as a current owner or, while a partition settles, a previous one).
+//!
+//! Alongside, while partitions settle after a ring change, every
+//! [`CoreConfig::settle_interval`](super::CoreConfig::settle_interval) the node looks for the
+//! evidence that they have ([`SettleCheck`]): that is how a transition ends.
 
 use std::sync::Arc;
 
-use shoal_membership::Partition;
+use shoal_membership::{PARTITIONS, Partition};
 use shoal_storage::{NodeId, Store, StoreError};
 
-use crate::replication::{DrainOutcome, DrainSession, PartitionSet, Placement, SyncSession};
+use crate::replication::{DrainOutcome, DrainSession, PartitionSet, Placement, SettleCheck, SyncSession};
 
 use super::config::micros;
 use super::ops::{AnyOp, AnyOutput, Purpose};
@@ -48,6 +52,8 @@ pub(crate) struct SyncState {
     draining: Option<PartitionSet>,
     /// How many partitions the drop in flight is for.
     dropping: usize,
+    /// Whether a look for settled partitions is in flight.
+    settle_running: bool,
 }
 
 impl<S: Store> NodeCore<S> {
@@ -172,6 +178,27 @@ impl<S: Store> NodeCore<S> {
         None
     }
 
+    /// The settle tick: looks for evidence that settling partitions settled, if none is
+    /// being looked for.
+    pub(crate) fn settle_tick(&mut self, now_us: u64) {
+        self.arm(now_us.saturating_add(micros(self.config.settle_interval)), Timer::SettleTick);
+        let placement = self.view.placement();
+        if self.view.is_ready() && placement.in_transition() && !self.sync.settle_running {
+            self.sync.settle_running = true;
+            self.start_op(now_us, Purpose::Settle, AnyOp::Settle(SettleCheck::new(placement, PARTITIONS)));
+        }
+    }
+
+    pub(crate) fn settle_checked(&mut self, outcome: AnyOutput) {
+        let AnyOutput::Settle(report) = outcome else { panic!("a settle check answers with its report") };
+        self.sync.settle_running = false;
+        let (settled, found) = (report.settled.len(), report.found.len());
+        tracing::debug!(checked = report.checked, settled, found, "looked for settled partitions");
+        if settled + found > 0 {
+            self.partitions_settled(&report.placement, &report.settled, &report.found);
+        }
+    }
+
     pub(crate) fn sync_ended(&mut self, outcome: AnyOutput) {
         let AnyOutput::Sync(report) = outcome else { panic!("an exchange answers with its report") };
         self.sync.running = false;
@@ -182,14 +209,13 @@ impl<S: Store> NodeCore<S> {
     }
 }
 
-/// The other members of the current ring that share partitions with `this`, with those
-/// partitions, in id order.
+/// The other members that share partitions with `this` (current owners, and previous owners
+/// of settling partitions), with those partitions, in id order.
 fn co_owners(this: NodeId, placement: &Placement) -> Vec<(NodeId, PartitionSet)> {
-    let ring = placement.ring();
-    let mut shared: std::collections::BTreeMap<NodeId, Vec<shoal_membership::Partition>> = Default::default();
-    for partition in ring.partitions_of(this.0) {
-        for owner in ring.owners(partition).filter(|owner| owner.node_id != this.0) {
-            shared.entry(NodeId(owner.node_id)).or_default().push(partition);
+    let mut shared: std::collections::BTreeMap<NodeId, Vec<Partition>> = Default::default();
+    for partition in Partition::all().filter(|partition| placement.keeps(this, *partition)) {
+        for owner in placement.co_owners(partition) {
+            shared.entry(owner).or_default().push(partition);
         }
     }
     shared.into_iter().map(|(peer, partitions)| (peer, PartitionSet::of(partitions))).collect()

@@ -405,7 +405,7 @@ impl<S: Store> NodeCore<S> {
                 },
                 Err(failure) => Err(FileError::Unavailable(failure.detail)),
             },
-            AnyOutput::Handoff(_) | AnyOutput::Sync(_) | AnyOutput::Drain(_) => {
+            AnyOutput::Settle(_) | AnyOutput::Learn(_) | AnyOutput::Sync(_) | AnyOutput::Drain(_) => {
                 panic!("a client operation answered with a report")
             }
         };

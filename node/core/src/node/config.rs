@@ -19,18 +19,9 @@ pub struct CoreConfig {
     /// How long a member that is down or missing from the view stays in the ring before its
     /// ranges move to others.
     pub evict_after: Duration,
-    /// How long after a ring change the previous owners are still written to and read from
-    /// (the transition also waits for this node's hand-off to succeed).
-    pub transition: Duration,
     /// How often the placement re-evaluates the last membership view it was given, so that
-    /// evictions and the end of a transition happen even when the view does not change.
+    /// evictions happen even when the view does not change.
     pub placement_refresh: Duration,
-    /// Records (file records or directory entries) one hand-off scan reads from the store.
-    pub handoff_records_per_batch: usize,
-    /// Blocks one hand-off batch holds in memory and pushes.
-    pub handoff_blocks_per_batch: usize,
-    /// Pause before a hand-off in which some push failed (or the store failed) runs again.
-    pub handoff_retry_pause: Duration,
     /// Blocks of one upload being written to their owners at once; the upload takes no more
     /// content while that many are in flight.
     pub upload_blocks_in_flight_max: usize,
@@ -45,31 +36,30 @@ pub struct CoreConfig {
     /// How often the node starts an anti-entropy exchange with the next co-owner in turn
     /// (one at a time; identical partitions cost one round trip of about 1 KiB).
     pub sync_interval: Duration,
+    /// How often, while partitions settle after a ring change, the node asks their owners for
+    /// the evidence that they settled (one durable digest per partition and owner).
+    pub settle_interval: Duration,
 }
 
 impl Default for CoreConfig {
     /// Production values: N = 3, W = 2, R = 2, 1 MiB blocks, 5 s RPC timeout, eviction after
-    /// 10 minutes, 60 s transitions, placement re-evaluated every 200 ms, hand-off batches of
-    /// 256 records or 8 blocks retried after 5 s, 4 blocks per upload in flight, 2 read ahead,
+    /// 10 minutes, placement re-evaluated every 200 ms, 4 blocks per upload in flight, 2 read ahead,
     /// disk usage read every 10 s and republished when it moved by 64 MiB or 1 %, an
-    /// anti-entropy exchange started every 2 s.
+    /// anti-entropy exchange started every 2 s, settling partitions checked every 1 s.
     fn default() -> Self {
         Self {
             quorum: Quorum::DEFAULT,
             block_size_bytes: 1024 * 1024,
             rpc_timeout: Duration::from_secs(5),
             evict_after: Duration::from_secs(600),
-            transition: Duration::from_secs(60),
             placement_refresh: Duration::from_millis(200),
-            handoff_records_per_batch: 256,
-            handoff_blocks_per_batch: 8,
-            handoff_retry_pause: Duration::from_secs(5),
             upload_blocks_in_flight_max: 4,
             download_blocks_ahead_max: 2,
             usage_refresh: Duration::from_secs(10),
             usage_republish_bytes: 64 << 20,
             usage_republish_percent: 1,
             sync_interval: Duration::from_secs(2),
+            settle_interval: Duration::from_secs(1),
         }
     }
 }
@@ -85,11 +75,10 @@ impl CoreConfig {
             ("block_size_bytes", self.block_size_bytes > 0),
             ("rpc_timeout", !self.rpc_timeout.is_zero()),
             ("placement_refresh", !self.placement_refresh.is_zero()),
-            ("handoff_records_per_batch", self.handoff_records_per_batch > 0),
-            ("handoff_blocks_per_batch", self.handoff_blocks_per_batch > 0),
             ("upload_blocks_in_flight_max", self.upload_blocks_in_flight_max > 0),
             ("download_blocks_ahead_max", self.download_blocks_ahead_max > 0),
             ("sync_interval", !self.sync_interval.is_zero()),
+            ("settle_interval", !self.settle_interval.is_zero()),
         ];
         match positive.iter().find(|(_, ok)| !ok) {
             Some((name, _)) => Err(format!("{name} must be positive")),

@@ -5,7 +5,6 @@
 mod antientropy;
 mod clients;
 mod config;
-mod handoff;
 mod ops;
 mod store_work;
 mod view;
@@ -16,16 +15,17 @@ use std::sync::Arc;
 
 use shoal_storage::{BlockHash, NodeId, Store};
 
-use crate::replication::{Coordinator, KnownMember, Outgoing, Placement, Reply, Request, RpcError, SyncReport};
+use crate::replication::{
+    ClusterMemory, Coordinator, Outgoing, Placement, Reply, Request, RpcError, SyncReport, SyncRpc,
+};
 
 pub use clients::{Answer, Client, Deleted, Listing, Made, Put, PutProgress, Read, RecordRead, Removed};
 pub use config::CoreConfig;
-pub use store_work::{HandoffCursor, HandoffScan, JobId, ScanBatch, StoreDone, StoreJob, StoreWork};
+pub use store_work::{JobId, StoreDone, StoreJob, StoreWork};
 
 use antientropy::SyncState;
 use clients::ClientState;
 use config::micros;
-use handoff::HandoffTask;
 use ops::{AnyOp, OpId, Purpose, Running};
 use view::ViewState;
 
@@ -70,7 +70,7 @@ pub struct PeerReply {
 pub enum Event {
     /// The node joined its cluster and coordinates from now on.
     Ready,
-    /// The placement changed: a ring change, a transition ending, or more members known.
+    /// The placement changed: a ring change, partitions settling, or more members known.
     PlacementChanged(Arc<Placement>),
     /// The ring itself changed (members, zones or capacities), before the
     /// [`Event::PlacementChanged`] that carries it: ownership moves.
@@ -78,23 +78,17 @@ pub enum Event {
         /// Members in the new ring.
         members: usize,
     },
-    /// The members the placement remembers changed: persist them, and give them back to
-    /// [`NodeCore::new`] after a restart.
-    KnownMembers(Vec<KnownMember>),
-    /// A hand-off batch was pushed to the new owners.
-    HandoffPushed {
-        /// Pushes sent.
-        pushed: u64,
-        /// Pushes not confirmed durable.
-        failed: u64,
-    },
-    /// A hand-off walk ended: with every push confirmed, or not (it runs again after
-    /// [`CoreConfig::handoff_retry_pause`]).
-    HandoffEnded {
-        /// Pushes sent over the whole walk.
-        pushed: u64,
-        /// Whether every push was confirmed durable.
-        succeeded: bool,
+    /// What the placement remembers (members, settling partitions) changed: persist it, and
+    /// give it back to [`NodeCore::new`] after a restart.
+    KnownMembers(ClusterMemory),
+    /// Evidence showed `partitions` settled: their previous owners are no longer asked.
+    Settled {
+        /// Partitions that settled now.
+        partitions: usize,
+        /// Owner sets found in other nodes' views and honoured from now on.
+        found: usize,
+        /// Partitions still settling.
+        settling: usize,
     },
     /// An operation sent this many read-repair writes.
     RepairsSent(u64),
@@ -135,8 +129,6 @@ enum JobPurpose {
     Local(MessageId),
     /// A peer's request.
     Peer(PeerRequestId),
-    /// A scan of hand-off `epoch`.
-    Scan { epoch: u64 },
     /// Which partitions the store holds (anti-entropy's over-replication check).
     Held,
     /// Dropping copies handed over.
@@ -150,10 +142,10 @@ enum Timer {
     Rpc(MessageId),
     /// Re-evaluate the placement against the last view.
     PlacementRefresh,
-    /// Run hand-off `epoch` again.
-    HandoffRetry { epoch: u64 },
     /// Start the next anti-entropy exchange.
     SyncTick,
+    /// Look for evidence that settling partitions settled.
+    SettleTick,
 }
 
 /// What the caller drains after every input.
@@ -169,8 +161,8 @@ struct Outputs {
 
 /// One Shoal node as a state machine that does no IO: it coordinates clients' file
 /// operations across the owners, serves its peers' requests from its store, follows the
-/// membership (readiness, placement, transitions, eviction), hands data to new owners
-/// after a ring change and repairs what it shares with its co-owners (anti-entropy).
+/// membership (readiness, placement, transitions, eviction) and repairs what it shares with
+/// its co-owners (anti-entropy), which is also how data reaches new owners after a ring change.
 ///
 /// **Inputs** (each with `now_us`, this node's wall clock in µs since the Unix epoch; every
 /// deadline the core reports is on the same clock):
@@ -214,8 +206,6 @@ pub struct NodeCore<S> {
     immediate: VecDeque<(MessageId, Result<Reply, RpcError>)>,
     clients: BTreeMap<ClientId, ClientState>,
     next_client: u64,
-    handoff: Option<HandoffTask>,
-    handoff_epoch: u64,
     sync: SyncState,
     out: Outputs,
 }
@@ -229,7 +219,7 @@ impl<S: Store> NodeCore<S> {
         this: NodeId,
         config: CoreConfig,
         store: Arc<S>,
-        remembered: Vec<KnownMember>,
+        remembered: ClusterMemory,
         has_seeds: bool,
     ) -> NodeCore<S> {
         assert!(config.validate().is_ok(), "invalid core config: {:?}", config.validate());
@@ -251,13 +241,12 @@ impl<S: Store> NodeCore<S> {
             immediate: VecDeque::new(),
             clients: BTreeMap::new(),
             next_client: 0,
-            handoff: None,
-            handoff_epoch: 0,
             sync: SyncState::default(),
             out: Outputs::default(),
         };
         core.arm(now_us + micros(core.config.placement_refresh), Timer::PlacementRefresh);
         core.arm(now_us + micros(core.config.sync_interval), Timer::SyncTick);
+        core.arm(now_us + micros(core.config.settle_interval), Timer::SettleTick);
         core
     }
 
@@ -286,7 +275,13 @@ impl<S: Store> NodeCore<S> {
         self.view.is_ready()
     }
 
-    /// Operations in flight (client stages, read repair, hand-off batches).
+    /// Why this node does not coordinate client requests now, if it does not (not joined,
+    /// no majority in sight, or still learning the others' owner sets).
+    pub fn not_coordinating(&self) -> Option<String> {
+        self.view.for_client().err().map(|err| err.to_string())
+    }
+
+    /// Operations in flight (client stages, read repair, anti-entropy).
     pub fn ops_in_flight(&self) -> usize {
         self.ops.len()
     }
@@ -304,7 +299,20 @@ impl<S: Store> NodeCore<S> {
     pub fn handle_peer_request(&mut self, _now_us: u64, request: Request) -> PeerRequestId {
         let id = PeerRequestId(self.next_peer_request);
         self.next_peer_request += 1;
-        self.queue_job(StoreWork::Serve(request), JobPurpose::Peer(id));
+        match request {
+            // A node that has not joined never coordinated: its placement is no one's.
+            Request::Sync(SyncRpc::OwnerSets { .. }) if !self.view.is_ready() => {
+                let refusal = crate::replication::Refusal::Other("this node has not joined its cluster yet".into());
+                self.out.peer_replies.push_back(PeerReply { id, reply: Reply::Refused(refusal) });
+            }
+            // What this node's placement honours is the node's to say, not its store's.
+            Request::Sync(SyncRpc::OwnerSets { partitions }) => {
+                let placement = self.view.placement();
+                let sets = partitions.iter().map(|partition| placement.partition_sets(partition)).collect();
+                self.out.peer_replies.push_back(PeerReply { id, reply: Reply::OwnerSets(sets) });
+            }
+            request => self.queue_job(StoreWork::Serve(request), JobPurpose::Peer(id)),
+        }
         id
     }
 
@@ -322,7 +330,6 @@ impl<S: Store> NodeCore<S> {
             (JobPurpose::Peer(id), StoreDone::Served(reply)) => {
                 self.out.peer_replies.push_back(PeerReply { id, reply })
             }
-            (JobPurpose::Scan { epoch }, StoreDone::Scanned(scanned)) => self.handoff_scanned(now_us, epoch, scanned),
             (JobPurpose::Held, StoreDone::Held(held)) => self.held_partitions(held),
             (JobPurpose::Drop, StoreDone::Dropped(dropped)) => self.copies_dropped(dropped),
             (purpose, done) => panic!("store job {purpose:?} came back as {done:?}"),
@@ -348,8 +355,8 @@ impl<S: Store> NodeCore<S> {
                     self.refresh_view(now_us);
                     self.arm(now_us + micros(self.config.placement_refresh), Timer::PlacementRefresh);
                 }
-                Timer::HandoffRetry { epoch } => self.retry_handoff(now_us, epoch),
                 Timer::SyncTick => self.sync_tick(now_us),
+                Timer::SettleTick => self.settle_tick(now_us),
             }
             self.settle(now_us);
         }
@@ -440,7 +447,8 @@ impl<S: Store> NodeCore<S> {
         if let Some(outcome) = outcome {
             match purpose {
                 Purpose::Client { client, part } => self.client_progress(now_us, client, part, outcome),
-                Purpose::Handoff { epoch } => self.handoff_pushed(now_us, epoch, outcome),
+                Purpose::Settle => self.settle_checked(outcome),
+                Purpose::Learn => self.sets_learned(outcome),
                 Purpose::Sync => self.sync_ended(outcome),
                 Purpose::Drain { partitions } => self.drain_ended(partitions, outcome),
             }

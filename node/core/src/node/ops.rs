@@ -5,8 +5,8 @@ use bytes::Bytes;
 
 use crate::files::FileError;
 use crate::replication::{
-    DrainOutcome, DrainSession, FetchBlock, FileOp, FileOutcome, Handoff, HandoffReport, Op, Outgoing, QuorumFailure,
-    ReadKeys, RecordValue, Reply, RpcError, SyncReport, SyncSession, WriteQuorum,
+    DrainOutcome, DrainSession, FetchBlock, FileOp, FileOutcome, LearnReport, LearnSets, Op, Outgoing, QuorumFailure,
+    ReadKeys, RecordValue, Reply, RpcError, SettleCheck, SettleReport, SyncReport, SyncSession, WriteQuorum,
 };
 
 use super::ClientId;
@@ -20,8 +20,10 @@ pub(crate) struct OpId(pub(crate) u64);
 pub(crate) enum Purpose {
     /// Part `part` of client operation `client` (the block, for block writes and fetches).
     Client { client: ClientId, part: usize },
-    /// A batch of hand-off `epoch`.
-    Handoff { epoch: u64 },
+    /// A look for evidence that settling partitions settled.
+    Settle,
+    /// Learning other members' owner sets before coordinating again.
+    Learn,
     /// An anti-entropy exchange.
     Sync,
     /// A hand-over of this many partitions this node no longer owns.
@@ -40,7 +42,8 @@ pub(crate) enum AnyOp {
     Fetch(FetchBlock),
     File(FileOp),
     Read(ReadKeys),
-    Handoff(Handoff),
+    Settle(SettleCheck),
+    Learn(LearnSets),
     Sync(Box<SyncSession>),
     Drain(Box<DrainSession>),
 }
@@ -51,7 +54,8 @@ pub(crate) enum AnyOutput {
     Fetch(Result<Bytes, QuorumFailure>),
     File(Result<FileOutcome, FileError>),
     Read(Result<Vec<RecordValue>, QuorumFailure>),
-    Handoff(HandoffReport),
+    Settle(SettleReport),
+    Learn(LearnReport),
     Sync(SyncReport),
     Drain(DrainOutcome),
 }
@@ -63,7 +67,8 @@ impl AnyOp {
             AnyOp::Fetch(op) => op.poll_request(),
             AnyOp::File(op) => op.poll_request(),
             AnyOp::Read(op) => op.poll_request(),
-            AnyOp::Handoff(op) => op.poll_request(),
+            AnyOp::Settle(op) => op.poll_request(),
+            AnyOp::Learn(op) => op.poll_request(),
             AnyOp::Sync(op) => op.poll_request(),
             AnyOp::Drain(op) => op.poll_request(),
         }
@@ -75,7 +80,8 @@ impl AnyOp {
             AnyOp::Fetch(op) => op.handle_reply(now_us, token, reply),
             AnyOp::File(op) => op.handle_reply(now_us, token, reply),
             AnyOp::Read(op) => op.handle_reply(now_us, token, reply),
-            AnyOp::Handoff(op) => op.handle_reply(now_us, token, reply),
+            AnyOp::Settle(op) => op.handle_reply(now_us, token, reply),
+            AnyOp::Learn(op) => op.handle_reply(now_us, token, reply),
             AnyOp::Sync(op) => op.handle_reply(now_us, token, reply),
             AnyOp::Drain(op) => op.handle_reply(now_us, token, reply),
         }
@@ -87,7 +93,8 @@ impl AnyOp {
             AnyOp::Fetch(op) => op.poll_outcome().map(AnyOutput::Fetch),
             AnyOp::File(op) => op.poll_outcome().map(AnyOutput::File),
             AnyOp::Read(op) => op.poll_outcome().map(AnyOutput::Read),
-            AnyOp::Handoff(op) => op.poll_outcome().map(AnyOutput::Handoff),
+            AnyOp::Settle(op) => op.poll_outcome().map(AnyOutput::Settle),
+            AnyOp::Learn(op) => op.poll_outcome().map(AnyOutput::Learn),
             AnyOp::Sync(op) => op.poll_outcome().map(AnyOutput::Sync),
             AnyOp::Drain(op) => op.poll_outcome().map(AnyOutput::Drain),
         }
@@ -99,7 +106,8 @@ impl AnyOp {
             AnyOp::Fetch(op) => op.is_finished(),
             AnyOp::File(op) => op.is_finished(),
             AnyOp::Read(op) => op.is_finished(),
-            AnyOp::Handoff(op) => op.is_finished(),
+            AnyOp::Settle(op) => op.is_finished(),
+            AnyOp::Learn(op) => op.is_finished(),
             AnyOp::Sync(op) => op.is_finished(),
             AnyOp::Drain(op) => op.is_finished(),
         }
@@ -111,7 +119,8 @@ impl AnyOp {
             AnyOp::Fetch(op) => op.repairs_sent(),
             AnyOp::File(op) => op.repairs_sent(),
             AnyOp::Read(op) => op.repairs_sent(),
-            AnyOp::Handoff(op) => op.repairs_sent(),
+            AnyOp::Settle(op) => op.repairs_sent(),
+            AnyOp::Learn(op) => op.repairs_sent(),
             AnyOp::Sync(op) => op.repairs_sent(),
             AnyOp::Drain(op) => op.repairs_sent(),
         }

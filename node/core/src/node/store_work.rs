@@ -3,12 +3,10 @@
 //! the tokio driver uses its blocking pool, the simulator runs them in place) and hands the
 //! [`StoreDone`] back. What a job does is decided here, in the core.
 
-use bytes::Bytes;
 use shoal_membership::{PARTITION_BITS, Partition};
-use shoal_storage::{BlockHash, DigestKind, DirRecord, Prefix, RecordUpdate, Store, StoreError};
+use shoal_storage::{DigestKind, Prefix, Store, StoreError};
 
-use crate::replication::{PartitionSet, Placement, Refusal, Reply, Request, replica};
-use std::sync::Arc;
+use crate::replication::{PartitionSet, Refusal, Reply, Request, replica};
 
 /// Names a store job until its result comes back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -29,8 +27,6 @@ pub struct StoreJob {
 pub enum StoreWork {
     /// Serve a replica request (from a peer, or from one of this node's own operations).
     Serve(Request),
-    /// Read the next hand-off batch.
-    Scan(HandoffScan),
     /// Say which partitions the store holds anything of.
     HeldPartitions,
     /// Drop this node's copy of `partitions` if its root digests (short, per kind) are still
@@ -48,8 +44,6 @@ pub enum StoreWork {
 pub enum StoreDone {
     /// A replica request's answer (a store failure is a [`Reply::Refused`]).
     Served(Reply),
-    /// A hand-off batch, or the store error that stopped the scan.
-    Scanned(Result<ScanBatch, StoreError>),
     /// The partitions the store holds entries of.
     Held(Result<PartitionSet, StoreError>),
     /// Partitions dropped (none if the copy changed since it was confirmed).
@@ -57,14 +51,13 @@ pub enum StoreDone {
 }
 
 impl StoreWork {
-    /// What to hand back if running this work panicked (a bug in the store): a refusal, or a
-    /// failed scan that the hand-off retries, so nothing waits forever for it.
+    /// What to hand back if running this work panicked (a bug in the store): a refusal or a
+    /// store error, so nothing waits forever for it.
     pub fn failure(&self) -> StoreDone {
         match self {
             StoreWork::Serve(_) => {
                 StoreDone::Served(Reply::Refused(Refusal::Other("the store failed serving this request".into())))
             }
-            StoreWork::Scan(_) => StoreDone::Scanned(Err(StoreError::Poisoned)),
             StoreWork::HeldPartitions => StoreDone::Held(Err(StoreError::Poisoned)),
             StoreWork::DropVerified { .. } => StoreDone::Dropped(Err(StoreError::Poisoned)),
         }
@@ -74,7 +67,6 @@ impl StoreWork {
     pub fn run<S: Store + ?Sized>(self, store: &S) -> StoreDone {
         match self {
             StoreWork::Serve(request) => StoreDone::Served(replica::serve(store, request)),
-            StoreWork::Scan(scan) => StoreDone::Scanned(scan.run(store)),
             StoreWork::HeldPartitions => StoreDone::Held(held_partitions(store)),
             StoreWork::DropVerified { partitions, roots } => {
                 StoreDone::Dropped(drop_verified(store, &partitions, &roots))
@@ -115,109 +107,4 @@ fn drop_verified<S: Store + ?Sized>(store: &S, partitions: &PartitionSet, roots:
     }
     store.sync()?;
     Ok(dropped)
-}
-
-/// Where a hand-off's walk of the store stands: file records, then directory entries, then
-/// blocks, each after a cursor.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HandoffCursor {
-    /// File records after this path.
-    Files(Option<String>),
-    /// Directory entries after this (directory, name).
-    Dirs(Option<(String, String)>),
-    /// Blocks after this hash.
-    Blocks(Option<BlockHash>),
-    /// The walk is over.
-    Done,
-}
-
-/// One step of a hand-off's walk: read one batch after `cursor`, keep what `placement` moved.
-#[derive(Debug)]
-pub struct HandoffScan {
-    /// The placement whose new owners get what moved.
-    pub placement: Arc<Placement>,
-    /// Where to go on.
-    pub cursor: HandoffCursor,
-    /// Records per store scan.
-    pub records_per_batch: usize,
-    /// Blocks per batch at most.
-    pub blocks_per_batch: usize,
-}
-
-/// What one hand-off scan found: records and blocks to push, and where the walk goes on.
-#[derive(Debug)]
-pub struct ScanBatch {
-    /// Records whose owners changed.
-    pub records: Vec<RecordUpdate>,
-    /// Blocks whose owners changed, with their bytes.
-    pub blocks: Vec<(BlockHash, Bytes)>,
-    /// Where the next scan starts.
-    pub next: HandoffCursor,
-}
-
-impl HandoffScan {
-    fn run<S: Store + ?Sized>(self, store: &S) -> Result<ScanBatch, StoreError> {
-        let limit = self.records_per_batch;
-        let moved = |key: &[u8]| !self.placement.new_owners(key).is_empty();
-        let mut batch = ScanBatch { records: Vec::new(), blocks: Vec::new(), next: HandoffCursor::Done };
-        let next = match self.cursor {
-            HandoffCursor::Files(after) => {
-                let found = store.scan_files(after.as_deref(), limit)?;
-                let full = found.len() == limit;
-                let last = found.last().map(|(path, _)| path.clone());
-                batch.records = found
-                    .into_iter()
-                    .filter(|(path, _)| moved(path.as_bytes()))
-                    .map(|(path, record)| RecordUpdate::File(path, record))
-                    .collect();
-                if full { HandoffCursor::Files(last) } else { HandoffCursor::Dirs(None) }
-            }
-            HandoffCursor::Dirs(after) => {
-                let cursor = after.as_ref().map(|(dir, name)| (dir.as_str(), name.as_str()));
-                let found = store.scan_dir_entries(cursor, limit)?;
-                let full = found.len() == limit;
-                let last = found.last().map(|(dir, name, _)| (dir.clone(), name.clone()));
-                batch.records = found
-                    .into_iter()
-                    .filter(|(dir, _, _)| moved(dir.as_bytes()))
-                    .map(|(dir, name, entry)| RecordUpdate::Dir(dir, DirRecord { children: [(name, entry)].into() }))
-                    .collect();
-                if full { HandoffCursor::Dirs(last) } else { HandoffCursor::Blocks(None) }
-            }
-            HandoffCursor::Blocks(after) => self.scan_blocks(store, after, &mut batch)?,
-            HandoffCursor::Done => HandoffCursor::Done,
-        };
-        batch.next = next;
-        Ok(batch)
-    }
-
-    /// Blocks after `after` that moved, up to a batch; returns where the walk goes on.
-    fn scan_blocks<S: Store + ?Sized>(
-        &self,
-        store: &S,
-        mut after: Option<BlockHash>,
-        batch: &mut ScanBatch,
-    ) -> Result<HandoffCursor, StoreError> {
-        let limit = self.records_per_batch;
-        loop {
-            let hashes = store.scan_blocks(after.as_ref(), limit)?;
-            let end = hashes.len() < limit;
-            for hash in hashes {
-                after = Some(hash);
-                if self.placement.new_owners(&hash.0).is_empty() {
-                    continue;
-                }
-                // A corrupt or vanished copy is not handed off; another owner has one.
-                if let Ok(Some(bytes)) = store.get_block(&hash) {
-                    batch.blocks.push((hash, bytes));
-                    if batch.blocks.len() == self.blocks_per_batch {
-                        return Ok(HandoffCursor::Blocks(after));
-                    }
-                }
-            }
-            if end {
-                return Ok(HandoffCursor::Done);
-            }
-        }
-    }
 }

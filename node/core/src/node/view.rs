@@ -12,7 +12,10 @@ use shoal_storage::{NodeId, Store};
 
 use super::{CoreConfig, Event, NodeCore, micros};
 use crate::files::FileError;
-use crate::replication::{KnownMember, Placement, PlacementTracker};
+use shoal_membership::Partition;
+
+use super::ops::{AnyOp, AnyOutput, Purpose};
+use crate::replication::{ClusterMemory, KnownMember, LearnSets, Placement, PlacementTracker};
 
 /// What one node knows of its cluster.
 pub(crate) struct ViewState {
@@ -21,10 +24,15 @@ pub(crate) struct ViewState {
     /// Every member the placement knows, with its RPC address.
     routes: BTreeMap<NodeId, SocketAddr>,
     ready: bool,
+    /// Whether this node learned the other members' owner sets since it last (re)gained a
+    /// majority or joined: until then it does not coordinate.
+    learned: bool,
+    /// Whether that round is in flight.
+    learning: bool,
     /// The last view the membership gave.
     views: Vec<MemberView>,
-    /// The members last reported through [`Event::KnownMembers`].
-    saved: Vec<KnownMember>,
+    /// What was last reported through [`Event::KnownMembers`].
+    saved: ClusterMemory,
 }
 
 impl ViewState {
@@ -32,23 +40,23 @@ impl ViewState {
         now_us: u64,
         this: NodeId,
         config: &CoreConfig,
-        remembered: Vec<KnownMember>,
+        remembered: ClusterMemory,
         has_seeds: bool,
     ) -> ViewState {
         let ms = |duration| micros(duration) / 1000;
-        let tracker = PlacementTracker::new(
-            this,
-            config.quorum,
-            ms(config.transition),
-            ms(config.evict_after),
-            remembered,
-            now_us / 1000,
-        );
-        let saved = tracker.known();
+        let mut tracker = PlacementTracker::new(this, config.quorum, ms(config.evict_after), remembered, now_us / 1000);
+        if !has_seeds {
+            tracker.joined();
+        }
+        let saved = tracker.memory();
+        // The first node of a cluster has nothing to learn; any other learns first.
+        let alone = !has_seeds && saved.members.iter().all(|member| member.node_id == this.0);
         ViewState {
+            learned: alone,
+            learning: false,
             // The remembered cluster is the placement from the start, before gossip says anything.
             placement: tracker.placement(),
-            routes: routes_of(&saved),
+            routes: routes_of(&saved.members),
             tracker,
             ready: !has_seeds,
             views: Vec::new(),
@@ -72,6 +80,18 @@ impl ViewState {
     pub(crate) fn for_client(&self) -> Result<Arc<Placement>, FileError> {
         if !self.ready {
             return Err(FileError::Unavailable("this node has not joined its cluster yet".into()));
+        }
+        if !self.tracker.sees_majority() {
+            return Err(FileError::Unavailable(format!(
+                "this node sees fewer than a strict majority of the {} members it knows; it coordinates \
+                 only with a majority in sight, so that what it acknowledges the majority can read",
+                self.saved.members.len()
+            )));
+        }
+        if !self.learned {
+            return Err(FileError::Unavailable(
+                "this node is learning where the other members place data before it coordinates again".into(),
+            ));
         }
         Ok(self.placement.clone())
     }
@@ -103,16 +123,68 @@ impl<S: Store> NodeCore<S> {
             member.identity.node_id != this && matches!(member.state, MemberState::Alive | MemberState::Suspect)
         });
         let first = others.next();
-        if !view.ready && first.is_some() && first.into_iter().chain(others).all(|member| member.record.is_some()) {
+        let joins = !view.ready && first.is_some() && first.into_iter().chain(others).all(|m| m.record.is_some());
+        if joins {
             view.ready = true;
             self.out.events.push_back(Event::Ready);
         }
         let changed = view.tracker.update(now_us / 1000, &view.views);
-        let known = view.tracker.known();
-        if known != view.saved {
-            view.routes = routes_of(&known);
-            view.saved = known.clone();
-            self.out.events.push_back(Event::KnownMembers(known));
+        if joins {
+            // After the ring it joins with: the rings it passed through joining leave nothing.
+            view.tracker.joined();
+        }
+        if !view.tracker.sees_majority() {
+            view.learned = false;
+        }
+        self.placement_updated(changed);
+        self.learn_if_needed(now_us);
+    }
+
+    /// Starts learning the others' owner sets if this node sees a majority again (or just
+    /// joined) and has not yet: the majority may have moved partitions while this node was
+    /// away, and coordinating by its own older view would miss their writes.
+    fn learn_if_needed(&mut self, now_us: u64) {
+        let view = &mut self.view;
+        if view.learned || view.learning || !view.ready || !view.tracker.sees_majority() {
+            return;
+        }
+        let peers: Vec<NodeId> = view.routes.keys().copied().filter(|node| *node != self.this).collect();
+        if peers.is_empty() {
+            view.learned = true;
+            return;
+        }
+        view.learning = true;
+        let op = LearnSets::new(view.placement.clone(), &peers);
+        self.start_op(now_us, Purpose::Learn, AnyOp::Learn(op));
+    }
+
+    /// The round of learning ended: adopt what it found if a majority answered and the
+    /// ring did not change meanwhile; otherwise the next refresh runs it again.
+    pub(crate) fn sets_learned(&mut self, outcome: AnyOutput) {
+        let AnyOutput::Learn(report) = outcome else { panic!("learning answers with its report") };
+        self.view.learning = false;
+        let known = self.view.saved.members.len().max(1);
+        let majority = (report.answered + 1) * 2 > known;
+        let same_ring = report.placement.ring().members() == self.view.placement.ring().members();
+        if !majority || !same_ring {
+            tracing::debug!(answered = report.answered, known, "learning the owner sets again");
+            return;
+        }
+        tracing::info!(found = report.found.len(), "learned the other members' owner sets; coordinating");
+        self.view.learned = true;
+        if !report.found.is_empty() {
+            self.partitions_settled(&report.placement, &[], &report.found);
+        }
+    }
+
+    /// Reports what the tracker remembers if it changed, and takes a new placement in.
+    fn placement_updated(&mut self, changed: Option<Arc<Placement>>) {
+        let view = &mut self.view;
+        let memory = view.tracker.memory();
+        if memory != view.saved {
+            view.routes = routes_of(&memory.members);
+            view.saved = memory.clone();
+            self.out.events.push_back(Event::KnownMembers(memory));
         }
         let Some(placement) = changed else { return };
         if placement.ring().members() != view.placement.ring().members() {
@@ -120,11 +192,26 @@ impl<S: Store> NodeCore<S> {
         }
         view.placement = placement.clone();
         self.out.events.push_back(Event::PlacementChanged(placement.clone()));
-        self.placement_changed(placement);
+        if placement.in_transition() {
+            tracing::debug!(settling = placement.settling().len(), "partitions settling after a ring change");
+        }
     }
 
-    /// Tells the tracker this node's hand-off succeeded: the transition may end.
-    pub(crate) fn handoff_confirmed(&mut self) {
-        self.view.tracker.handoff_finished();
+    /// A look under `checked` found `partitions` settled, and owner sets other views use.
+    pub(crate) fn partitions_settled(
+        &mut self,
+        checked: &Placement,
+        partitions: &[Partition],
+        found: &[(Partition, Vec<NodeId>)],
+    ) {
+        let changed = self.view.tracker.confirm(checked, partitions, found);
+        if let Some(placement) = &changed {
+            self.out.events.push_back(Event::Settled {
+                partitions: partitions.len(),
+                found: found.len(),
+                settling: placement.settling().len(),
+            });
+        }
+        self.placement_updated(changed);
     }
 }

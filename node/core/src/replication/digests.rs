@@ -115,13 +115,43 @@ pub fn serve_sync<S: Store + ?Sized>(store: &S, request: SyncRpc) -> Result<Repl
             Reply::Entries(out)
         }
         SyncRpc::Fetch(keys) => Reply::Records(fetch(store, keys)?),
+        // The node answers these from its placement before any store job is queued.
+        SyncRpc::OwnerSets { .. } => {
+            Reply::Refused(Refusal::Other("owner sets come from the node, not its store".into()))
+        }
+        SyncRpc::Partitions { partitions, durable } => {
+            if durable {
+                store.sync()?;
+            }
+            let mut out = Vec::with_capacity(partitions.len());
+            for partition in partitions.iter() {
+                out.push(partition_digest(store, partition)?);
+            }
+            Reply::PartitionDigests(out)
+        }
     })
+}
+
+/// One short digest of everything `store` holds in `partition`, every kind together.
+fn partition_digest<S: Store + ?Sized>(store: &S, partition: Partition) -> Result<u64, StoreError> {
+    let mut hasher = blake3::Hasher::new();
+    for kind in DigestKind::ALL {
+        if let Some(prefix) = Prefix::new(PARTITION_BITS as u8, u64::from(partition.0)) {
+            hasher.update(&store.digest(kind, prefix)?.0);
+        }
+    }
+    let mut short = [0; 8];
+    short.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+    Ok(u64::from_le_bytes(short))
 }
 
 /// Why a request cannot be answered, if it cannot.
 fn malformed(request: &SyncRpc) -> Option<String> {
     match request {
-        SyncRpc::Roots { partitions, .. } | SyncRpc::Children { partitions: Some(partitions), .. }
+        SyncRpc::Roots { partitions, .. }
+        | SyncRpc::Partitions { partitions, .. }
+        | SyncRpc::OwnerSets { partitions }
+        | SyncRpc::Children { partitions: Some(partitions), .. }
             if !partitions.is_valid() =>
         {
             Some("a partition set of the wrong size".into())

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use shoal_storage::{
-    BlockHash, DigestKind, DirEntry, DirRecord, EntryKey, FileRecord, Prefix, RecordUpdate, StoreError, Version,
+    BlockHash, DigestKind, DirEntry, DirRecord, EntryKey, FileRecord, NodeId, Prefix, RecordUpdate, StoreError, Version,
 };
 
 use super::digests::PartitionSet;
@@ -172,6 +172,21 @@ pub enum SyncRpc {
     },
     /// The records held for these keys (answered by [`Reply::Records`]).
     Fetch(Vec<EntryKey>),
+    /// One digest per partition of `partitions`, over every kind (answered by
+    /// [`Reply::PartitionDigests`]): the evidence that ends a partition's transition.
+    Partitions {
+        /// The partitions asked about.
+        partitions: PartitionSet,
+        /// Make every write durable before answering (a transition ends on these digests).
+        durable: bool,
+    },
+    /// The owner sets the answering node's placement honours for each partition of
+    /// `partitions` (answered by [`Reply::OwnerSets`] by the node itself, not its store): a
+    /// look for settled partitions learns where other views send reads and writes.
+    OwnerSets {
+        /// The partitions asked about.
+        partitions: PartitionSet,
+    },
 }
 
 /// A request from a coordinator to a replica.
@@ -206,6 +221,12 @@ pub enum Reply {
     Records(Vec<RecordUpdate>),
     /// The replica could not do it; nothing changed there.
     Refused(Refusal),
+    /// The answer to [`SyncRpc::Partitions`]: per partition asked, in order, one short digest
+    /// over every kind.
+    PartitionDigests(Vec<u64>),
+    /// The answer to [`SyncRpc::OwnerSets`]: per partition asked, in order, the owner sets
+    /// honoured there (the current one first).
+    OwnerSets(Vec<Vec<Vec<NodeId>>>),
 }
 
 /// Why a replica refused a request.

@@ -5,22 +5,22 @@
 pub mod coordinator;
 pub mod digests;
 pub mod drain;
-pub mod handoff;
 pub mod local;
 pub mod messages;
 pub mod placement;
 pub mod quorum;
 pub mod replica;
+pub mod settle;
 pub mod sync;
 
 pub use coordinator::{Coordinator, FileOp, FileOutcome};
 pub use digests::PartitionSet;
 pub use drain::{DrainOutcome, DrainSession};
-pub use handoff::{Handoff, HandoffReport};
 pub use local::LocalCluster;
 pub use messages::{BlockRpc, RecordKey, RecordRpc, RecordValue, Refusal, Reply, Request, RpcError, SyncRpc};
-pub use placement::{KnownMember, Placement, PlacementTracker, Quorum, partition_of};
+pub use placement::{ClusterMemory, KnownMember, Placement, PlacementTracker, Quorum, Settling, partition_of};
 pub use quorum::{FetchBlock, Op, Outgoing, QuorumFailure, ReadKeys, WriteQuorum};
+pub use settle::{LearnReport, LearnSets, SettleCheck, SettleReport};
 pub use sync::{SyncReport, SyncSession};
 
 #[cfg(test)]

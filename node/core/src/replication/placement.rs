@@ -1,12 +1,11 @@
 //! Who owns a key, as this node sees it, including ownership transitions (docs/ARCHITECTURE.md §5).
 //!
-//! When the ring changes, the owners of some keys change. Until the new owners have caught up,
-//! an acknowledged write may live only on the old ones. So for a while after every change the
-//! placement keeps the previous ring too: writes need a quorum among the old owners *and* among
-//! the new ones, reads ask both and need a quorum of each, and read repair (plus the hand-off
-//! that pushes records to their new owners) fills the new owners in. A read that starts after
-//! a write was acknowledged therefore meets at least one copy of it as long as the reader's and
-//! the writer's views differ by at most the one change each still remembers.
+//! When the ring changes, the owners of some partitions change. Until the new owners are
+//! confirmed to hold what the previous ones held, an acknowledged write may live only on the
+//! previous ones. So each such partition stays *settling*: writes need a quorum among its
+//! previous owners *and* among the new ones, reads ask both and need a quorum of each. The
+//! transition of a partition ends on evidence, not on a timer: when anti-entropy has made
+//! enough previous and current owners hold identical digests of it ([`settled_by`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,6 +37,15 @@ impl Quorum {
     pub const SINGLE: Quorum = Quorum { n: 1, w: 1, r: 1 };
 }
 
+/// The owner sets a settling partition had before its unconfirmed changes: the previous
+/// owners in this node's ring, and owner sets other nodes' views were found to use for it.
+pub type Settling = BTreeMap<Partition, Vec<Vec<NodeId>>>;
+
+/// Whether two owner sets hold the same members (in any order).
+pub fn same_owners(a: &[NodeId], b: &[NodeId]) -> bool {
+    a.len() == b.len() && a.iter().all(|node| b.contains(node))
+}
+
 /// The owners of every key as one node sees them at one moment: immutable, shared by the
 /// requests that started under it.
 #[derive(Clone, Debug)]
@@ -45,25 +53,31 @@ pub struct Placement {
     this: NodeId,
     quorum: Quorum,
     current: Ring,
-    /// The ring before the last change, while that change is still settling.
-    previous: Option<Ring>,
+    /// Partitions whose ownership changed without confirmation yet, with their previous owners.
+    settling: Arc<Settling>,
     /// How many members this node knows the cluster has (the ring's members plus those
     /// evicted but never seen leaving): quorums never shrink below what such a cluster needs.
     members_known: usize,
 }
 
 impl Placement {
-    /// The placement of node `this` over `current`, still honouring `previous` owners, in a
-    /// cluster this node knows to have `members_known` members.
-    pub fn new(this: NodeId, quorum: Quorum, current: Ring, previous: Option<Ring>, members_known: usize) -> Placement {
+    /// The placement of node `this` over `current`, still honouring the previous owners of
+    /// the `settling` partitions, in a cluster this node knows to have `members_known` members.
+    pub fn new(
+        this: NodeId,
+        quorum: Quorum,
+        current: Ring,
+        settling: Arc<Settling>,
+        members_known: usize,
+    ) -> Placement {
         let members_known = members_known.max(current.members().len()).max(1);
-        Placement { this, quorum, current, previous, members_known }
+        Placement { this, quorum, current, settling, members_known }
     }
 
     /// A placement where `this` is the only member it knows.
     pub fn alone(this: NodeId, quorum: Quorum) -> Placement {
         let member = RingMember { node_id: this.0, zone: String::new(), capacity_bytes: 1 };
-        Placement::new(this, quorum, Ring::new(vec![member], quorum.n), None, 1)
+        Placement::new(this, quorum, Ring::new(vec![member], quorum.n), Arc::default(), 1)
     }
 
     /// The node this placement belongs to.
@@ -81,66 +95,103 @@ impl Placement {
         &self.current
     }
 
-    /// Whether a previous ring is still being honoured.
+    /// Whether some partition still honours its previous owners.
     pub fn in_transition(&self) -> bool {
-        self.previous.is_some()
+        !self.settling.is_empty()
     }
 
-    /// The previous ring, while it is still honoured.
-    pub fn previous_ring(&self) -> Option<&Ring> {
-        self.previous.as_ref()
+    /// The settling partitions with their previous owners.
+    pub fn settling(&self) -> &Settling {
+        &self.settling
     }
 
-    /// Whether `node` owns `partition` in the current ring or, during a transition, in the
-    /// previous one: whether it must keep what it holds there.
+    /// The current owners of `partition`.
+    pub fn owners(&self, partition: Partition) -> Vec<NodeId> {
+        self.current.owners(partition).map(|member| NodeId(member.node_id)).collect()
+    }
+
+    /// Whether `node` owns `partition` now or, while it settles, did before: whether it must
+    /// keep what it holds there.
     pub fn keeps(&self, node: NodeId, partition: Partition) -> bool {
-        self.current.owns(node.0, partition) || self.previous.as_ref().is_some_and(|ring| ring.owns(node.0, partition))
+        self.current.owns(node.0, partition)
+            || self.settling.get(&partition).is_some_and(|sets| sets.iter().any(|old| old.contains(&node)))
+    }
+
+    /// Every member `this` must compare `partition` with: its current owners and, while it
+    /// settles, its previous ones (without `this`).
+    pub fn co_owners(&self, partition: Partition) -> Vec<NodeId> {
+        let mut all = self.owners(partition);
+        for old in self.settling.get(&partition).into_iter().flatten().flatten() {
+            if !all.contains(old) {
+                all.push(*old);
+            }
+        }
+        all.retain(|node| *node != self.this);
+        all
     }
 
     /// The owner sets a request about `key` must reach a quorum in: the current owners, then
-    /// the previous owners if they differ.
+    /// the previous owners if the partition is settling.
     pub fn owner_sets(&self, key: &[u8]) -> Vec<Vec<NodeId>> {
         self.quorum_sets(key, 1).into_iter().map(|(set, _)| set).collect()
     }
 
+    /// How many answers a quorum of `size` (W or R) needs from the current owners: `size`,
+    /// lowered only when the whole cluster this node knows is smaller (a one-node cluster
+    /// with W = 2 writes one copy); never because members are missing from the ring, so a
+    /// node cut off from the others, or restarted alone, cannot acknowledge a write nobody
+    /// else holds.
+    pub fn need(&self, size: usize) -> usize {
+        size.min(self.members_known).max(1)
+    }
+
     /// The owner sets of `key`, each with how many of its members must answer for a quorum of
-    /// `size` (W or R). The current set needs `size`, lowered only when the whole cluster this
-    /// node knows is smaller (a one-node cluster with W = 2 writes one copy); never because
-    /// members are missing from the ring, so a node cut off from the others, or restarted
-    /// alone, cannot acknowledge a write nobody else holds. A previous set needs at most its
-    /// size: readers still on that (smaller, forming) ring asked only those owners.
+    /// `size` (W or R). A previous set needs at most its size: readers still on that
+    /// (smaller, forming) ring asked only those owners.
     pub fn quorum_sets(&self, key: &[u8], size: usize) -> Vec<(Vec<NodeId>, usize)> {
         let partition = partition_of(key);
-        let owners = |ring: &Ring| ring.owners(partition).map(|m| NodeId(m.node_id)).collect::<Vec<_>>();
-        let need = size.min(self.members_known).max(1);
-        let current = owners(&self.current);
-        let mut sets = vec![(current.clone(), need)];
-        if let Some(previous) = &self.previous {
-            let old = owners(previous);
-            let mut sorted_old = old.clone();
-            let mut sorted_new = current;
-            sorted_old.sort();
-            sorted_new.sort();
-            if sorted_old != sorted_new && !old.is_empty() {
-                let old_need = need.min(old.len());
-                sets.push((old, old_need));
-            }
+        let need = self.need(size);
+        let mut sets = vec![(self.owners(partition), need)];
+        for old in self.settling.get(&partition).into_iter().flatten() {
+            sets.push((old.clone(), need.min(old.len())));
         }
         sets
     }
 
-    /// The owners of `key` in the current ring that did not own it in the previous one
-    /// (other than this node): whom a hand-off must give the key to. Empty outside a
-    /// transition.
-    pub fn new_owners(&self, key: &[u8]) -> Vec<NodeId> {
-        let Some(previous) = &self.previous else { return Vec::new() };
-        let partition = partition_of(key);
-        let old: Vec<u128> = previous.owners(partition).map(|m| m.node_id).collect();
-        self.current
-            .owners(partition)
-            .filter(|m| !old.contains(&m.node_id) && m.node_id != self.this.0)
-            .map(|m| NodeId(m.node_id))
-            .collect()
+    /// Every owner set of `partition` this placement honours: the current one first.
+    pub fn partition_sets(&self, partition: Partition) -> Vec<Vec<NodeId>> {
+        let mut sets = vec![self.owners(partition)];
+        sets.extend(self.settling.get(&partition).into_iter().flatten().cloned());
+        sets
+    }
+
+    /// Whether `set` is one of the owner sets this placement honours for `partition`.
+    pub fn honours(&self, partition: Partition, set: &[NodeId]) -> bool {
+        self.partition_sets(partition).iter().any(|known| same_owners(known, set))
+    }
+
+    /// Whether digests seen on owners of a settling `partition` prove its change complete:
+    /// some group of owners holding one identical digest (each made durable before it
+    /// answered) covers every write quorum of the previous owners and every read quorum of
+    /// the current ones (docs/ARCHITECTURE.md §5). Such a group holds every write
+    /// acknowledged under the previous owners, and every read under the current owners meets
+    /// the group.
+    pub fn settled_by(&self, partition: Partition, digests: &[(NodeId, u64)]) -> bool {
+        let Some(previous) = self.settling.get(&partition) else { return true };
+        let current = self.owners(partition);
+        let (w, r) = (self.need(self.quorum.w), self.need(self.quorum.r));
+        // Every write acknowledged under a previous set is on at least `held` of it: a write
+        // quorum while it was current, or a read cover of it once its own change was confirmed.
+        let old_cover = |old: &[NodeId]| {
+            let held = w.min(old.len()).min((old.len() + 1).saturating_sub(r)).max(1);
+            old.len() + 1 - held
+        };
+        let current_cover = (current.len() + 1).saturating_sub(r).clamp(1, current.len().max(1));
+        digests.iter().any(|(_, digest)| {
+            let group: Vec<NodeId> = digests.iter().filter(|(_, d)| d == digest).map(|(node, _)| *node).collect();
+            let within = |set: &[NodeId]| group.iter().filter(|node| set.contains(node)).count();
+            within(&current) >= current_cover && previous.iter().all(|old| within(old) >= old_cover(old))
+        })
     }
 }
 
@@ -158,6 +209,18 @@ pub struct KnownMember {
     pub rpc_addr: SocketAddr,
 }
 
+/// What the placement remembers across restarts (the driver persists it): the members, and
+/// the partitions still settling with their previous owners, so a node restarted in the
+/// middle of a transition does not forget where acknowledged writes may still be.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterMemory {
+    /// Every member remembered.
+    pub members: Vec<KnownMember>,
+    /// Settling partitions and their previous owners.
+    #[serde(default)]
+    pub settling: Vec<(Partition, Vec<Vec<u128>>)>,
+}
+
 #[derive(Clone, Debug)]
 struct Remembered {
     member: KnownMember,
@@ -166,8 +229,8 @@ struct Remembered {
     present_ms: u64,
 }
 
-/// Follows the membership and yields a new [`Placement`] whenever the ring changes, keeping the
-/// previous ring for `transition_ms` after each change (sans-IO: time is an argument).
+/// Follows the membership and yields a new [`Placement`] whenever the ring changes or a
+/// partition settles (sans-IO: time is an argument).
 ///
 /// It remembers every member it has seen until that member *leaves*: a member that is down,
 /// or simply absent from this node's view (a node that rejoined while it was down never hears
@@ -176,49 +239,76 @@ struct Remembered {
 pub struct PlacementTracker {
     this: NodeId,
     quorum: Quorum,
-    transition_ms: u64,
     evict_after_ms: u64,
     known: BTreeMap<u128, Remembered>,
     members: Vec<RingMember>,
     current: Arc<Placement>,
-    /// When the last change happened.
-    changed_ms: u64,
-    /// Whether this node finished handing off for the transition in progress.
-    handed_off: bool,
+    /// Whether the last view showed a strict majority of the members this node knows
+    /// (itself included) alive or suspect.
+    sees_majority: bool,
+    /// Whether the node has joined (it may coordinate, so others may have written under its
+    /// view from now on).
+    joined: bool,
+    /// Until it joins, what its transitions are computed from: the placement it restarted
+    /// with (its persisted history), or nothing for a new node. Rings it passes through while
+    /// joining never served a client, so they leave no previous sets behind; what others
+    /// wrote meanwhile it learns from them.
+    base: Option<Arc<Placement>>,
 }
 
 impl PlacementTracker {
-    /// A tracker that starts from the members remembered from a previous run (each counted as
+    /// A tracker that starts from what a previous run remembered (each member counted as
     /// present at `now_ms`), or alone.
     pub fn new(
         this: NodeId,
         quorum: Quorum,
-        transition_ms: u64,
         evict_after_ms: u64,
-        remembered: Vec<KnownMember>,
+        remembered: ClusterMemory,
         now_ms: u64,
     ) -> PlacementTracker {
         let mut tracker = PlacementTracker {
             this,
             quorum,
-            transition_ms,
             evict_after_ms,
             known: remembered
+                .members
                 .into_iter()
                 .map(|member| (member.node_id, Remembered { member, present_ms: now_ms }))
                 .collect(),
             members: Vec::new(),
             current: Arc::new(Placement::alone(this, quorum)),
-            changed_ms: now_ms,
-            handed_off: true,
+            sees_majority: false,
+            joined: false,
+            base: None,
         };
+        tracker.sees_majority = tracker.known.keys().all(|id| *id == this.0);
         let members = tracker.ring_members(now_ms);
         if members.len() > 1 || members.first().is_some_and(|m| m.node_id != this.0) {
-            tracker.current =
-                Arc::new(Placement::new(this, quorum, Ring::new(members.clone(), quorum.n), None, tracker.known.len()));
+            let settling: Settling = remembered
+                .settling
+                .into_iter()
+                .filter(|(partition, sets)| partition.index() < shoal_membership::PARTITIONS && !sets.is_empty())
+                .map(|(partition, sets)| {
+                    (partition, sets.into_iter().map(|set| set.into_iter().map(NodeId).collect()).collect())
+                })
+                .collect();
+            tracker.current = Arc::new(Placement::new(
+                this,
+                quorum,
+                Ring::new(members.clone(), quorum.n),
+                Arc::new(settling),
+                tracker.known.len(),
+            ));
             tracker.members = members;
+            tracker.base = Some(tracker.current.clone());
         }
         tracker
+    }
+
+    /// The node joined its cluster: from now on every ring change leaves previous sets.
+    pub fn joined(&mut self) {
+        self.joined = true;
+        self.base = None;
     }
 
     /// The placement in force.
@@ -226,16 +316,19 @@ impl PlacementTracker {
         self.current.clone()
     }
 
-    /// Records that this node has given everything it holds to the owners the current ring
-    /// added: the transition may end once its time is also up. (A hand-off that failed must
-    /// be run again instead.)
-    pub fn handoff_finished(&mut self) {
-        self.handed_off = true;
-    }
-
-    /// Every member remembered, for persisting.
-    pub fn known(&self) -> Vec<KnownMember> {
-        self.known.values().map(|known| known.member.clone()).collect()
+    /// What to persist.
+    pub fn memory(&self) -> ClusterMemory {
+        ClusterMemory {
+            members: self.known.values().map(|known| known.member.clone()).collect(),
+            settling: self
+                .current
+                .settling
+                .iter()
+                .map(|(partition, sets)| {
+                    (*partition, sets.iter().map(|set| set.iter().map(|node| node.0).collect()).collect())
+                })
+                .collect(),
+        }
     }
 
     /// Where member `node` listens for RPC, if known.
@@ -243,11 +336,57 @@ impl PlacementTracker {
         self.known.get(&node.0).map(|known| known.member.rpc_addr)
     }
 
+    /// Takes in what a look under `checked` (the placement the evidence was gathered under)
+    /// found, for each partition still settling exactly as it was then (same previous and
+    /// current owners): `confirmed` partitions settle; `found` owner sets that other nodes'
+    /// views use become previous sets too, so reads and writes reach them until evidence
+    /// covers them as well. Returns the new placement if anything changed.
+    pub fn confirm(
+        &mut self,
+        checked: &Placement,
+        confirmed: &[Partition],
+        found: &[(Partition, Vec<NodeId>)],
+    ) -> Option<Arc<Placement>> {
+        let unchanged = |partition: &Partition| {
+            self.current.settling.get(partition) == checked.settling.get(partition)
+                && self.current.owners(*partition) == checked.owners(*partition)
+        };
+        let settled: Vec<Partition> = confirmed.iter().copied().filter(unchanged).collect();
+        let found: Vec<&(Partition, Vec<NodeId>)> =
+            found.iter().filter(|(partition, set)| unchanged(partition) && !checked.honours(*partition, set)).collect();
+        if settled.is_empty() && found.is_empty() {
+            return None;
+        }
+        let mut settling = (*self.current.settling).clone();
+        for partition in settled {
+            settling.remove(&partition);
+        }
+        for (partition, set) in found {
+            let sets = settling.entry(*partition).or_default();
+            if !sets.iter().any(|known| same_owners(known, set)) {
+                sets.push(set.clone());
+            }
+        }
+        self.current = Arc::new(Placement { settling: Arc::new(settling), ..(*self.current).clone() });
+        Some(self.current.clone())
+    }
+
+    /// Whether the last view showed a strict majority of the members this node knows alive
+    /// or suspect. Only then may it evict anyone, or coordinate (docs/ARCHITECTURE.md §5).
+    pub fn sees_majority(&self) -> bool {
+        self.sees_majority
+    }
+
+    /// The members of the ring: every member remembered, except those missing for
+    /// `evict_after` while this node sees a majority. A node cut off from the majority evicts
+    /// no one: the majority may be acknowledging writes under the ring it keeps.
     fn ring_members(&self, now_ms: u64) -> Vec<RingMember> {
         self.known
             .values()
             .filter(|known| {
-                known.member.node_id == self.this.0 || now_ms.saturating_sub(known.present_ms) < self.evict_after_ms
+                known.member.node_id == self.this.0
+                    || !self.sees_majority
+                    || now_ms.saturating_sub(known.present_ms) < self.evict_after_ms
             })
             .map(|known| RingMember {
                 node_id: known.member.node_id,
@@ -258,10 +397,53 @@ impl PlacementTracker {
     }
 
     /// Feeds the current membership view; returns the new placement if it changed. Call it
-    /// whenever the view may have changed and periodically, so evictions and the end of a
-    /// transition happen. Members whose record has not arrived are not placed yet (their zone
-    /// and capacity are unknown).
+    /// whenever the view may have changed and periodically, so evictions happen. Members whose
+    /// record has not arrived are not placed yet (their zone and capacity are unknown).
     pub fn update(&mut self, now_ms: u64, views: &[MemberView]) -> Option<Arc<Placement>> {
+        self.remember(now_ms, views);
+        let present = views
+            .iter()
+            .filter(|view| {
+                view.identity.node_id == self.this.0
+                    || matches!(view.state, MemberState::Alive | MemberState::Suspect | MemberState::Leaving)
+            })
+            .filter(|view| self.known.contains_key(&view.identity.node_id))
+            .count()
+            .max(1);
+        self.sees_majority = present * 2 > self.known.len().max(1);
+        let members = self.ring_members(now_ms);
+        if members.is_empty() {
+            return None;
+        }
+        let known = self.known.len();
+        if members != self.members {
+            let ring = Ring::new(members.clone(), self.quorum.n);
+            // The very first ring has no previous one; a restarted node's comes back with
+            // what it remembered as settling.
+            let settling = match (&self.base, self.joined) {
+                _ if self.members.is_empty() => Settling::new(),
+                (_, true) => next_settling(&self.current, &ring),
+                (Some(base), false) => next_settling(base, &ring),
+                (None, false) => Settling::new(),
+            };
+            self.members = members;
+            self.current = Arc::new(Placement::new(self.this, self.quorum, ring, Arc::new(settling), known));
+            return Some(self.current.clone());
+        }
+        if known != self.current.members_known {
+            self.current = Arc::new(Placement::new(
+                self.this,
+                self.quorum,
+                self.current.ring().clone(),
+                self.current.settling.clone(),
+                known,
+            ));
+            return Some(self.current.clone());
+        }
+        None
+    }
+
+    fn remember(&mut self, now_ms: u64, views: &[MemberView]) {
         for view in views {
             let Some(record) = &view.record else { continue };
             let id = view.identity.node_id;
@@ -290,42 +472,28 @@ impl PlacementTracker {
                 }
             }
         }
-        let members = self.ring_members(now_ms);
-        if members.is_empty() {
-            return None;
-        }
-        if members != self.members {
-            // A change during a transition keeps the ring from before the transition began:
-            // data acknowledged then is still only guaranteed there, and the hand-off for the
-            // new ring must give the new owners everything that moved since.
-            let previous = match &self.current.previous {
-                Some(older) => Some(older.clone()),
-                None => (!self.members.is_empty()).then(|| self.current.ring().clone()),
-            };
-            self.members = members.clone();
-            self.changed_ms = now_ms;
-            self.handed_off = previous.is_none();
-            self.current = Arc::new(Placement::new(
-                self.this,
-                self.quorum,
-                Ring::new(members, self.quorum.n),
-                previous,
-                self.known.len(),
-            ));
-            return Some(self.current.clone());
-        }
-        let known = self.known.len();
-        let transition_over = self.current.in_transition()
-            && self.handed_off
-            && now_ms.saturating_sub(self.changed_ms) >= self.transition_ms;
-        if transition_over || known != self.current.members_known {
-            let previous = if transition_over { None } else { self.current.previous.clone() };
-            self.current =
-                Arc::new(Placement::new(self.this, self.quorum, self.current.ring().clone(), previous, known));
-            return Some(self.current.clone());
-        }
-        None
     }
+}
+
+/// The settling partitions after the ring becomes `ring`: every partition whose owners
+/// differ from those it last settled with. A partition already settling keeps its older
+/// previous sets (what was acknowledged under them is still only guaranteed there); a
+/// previous set equal to the new owners is simply current again.
+fn next_settling(old: &Placement, ring: &Ring) -> Settling {
+    let mut settling = Settling::new();
+    for partition in Partition::all() {
+        let now: Vec<NodeId> = ring.owners(partition).map(|member| NodeId(member.node_id)).collect();
+        let mut previous = old.settling.get(&partition).cloned().unwrap_or_default();
+        let before = old.owners(partition);
+        if !previous.iter().any(|set| same_owners(set, &before)) {
+            previous.push(before);
+        }
+        previous.retain(|set| !same_owners(set, &now));
+        if !previous.is_empty() {
+            settling.insert(partition, previous);
+        }
+    }
+    settling
 }
 
 #[cfg(test)]
@@ -362,13 +530,24 @@ mod tests {
         alive.map(|i| view(i, MemberState::Alive)).collect()
     }
 
-    fn tracker(remembered: Vec<KnownMember>) -> PlacementTracker {
-        PlacementTracker::new(NodeId(id(1)), Quorum::DEFAULT, 1_000, 60_000, remembered, 0)
+    fn tracker(remembered: ClusterMemory) -> PlacementTracker {
+        PlacementTracker::new(NodeId(id(1)), Quorum::DEFAULT, 60_000, remembered, 0)
+    }
+
+    /// A placement over `current` whose partition `p` settles from `previous`.
+    fn settling(previous: &[u128], current: &[u128]) -> (Placement, Partition, Vec<NodeId>, Vec<NodeId>) {
+        let member = |i: &u128| RingMember { node_id: id(*i), zone: "z".into(), capacity_bytes: 1 << 40 };
+        let ring = Ring::new(current.iter().map(member).collect(), 3);
+        let partition = Partition(7);
+        let old: Vec<NodeId> = previous.iter().map(|i| NodeId(id(*i))).collect();
+        let now: Vec<NodeId> = ring.owners(partition).map(|m| NodeId(m.node_id)).collect();
+        let settling = Arc::new(Settling::from([(partition, vec![old.clone()])]));
+        (Placement::new(NodeId(id(1)), Quorum::DEFAULT, ring, settling, 5), partition, old, now)
     }
 
     #[test]
     fn the_ring_holds_alive_suspect_and_recently_down_members_never_those_that_left_or_have_no_record() {
-        let mut tracker = tracker(Vec::new());
+        let mut tracker = tracker(ClusterMemory::default());
         let mut down_recently = view(3, MemberState::Down);
         down_recently.state_since_ms = 50_000;
         let mut down_long = view(4, MemberState::Down);
@@ -382,96 +561,156 @@ mod tests {
             down_long,
             view(5, MemberState::Left),
             no_record,
+            view(7, MemberState::Alive),
+            view(8, MemberState::Alive),
         ];
         let placement = tracker.update(70_000, &views).expect("a ring");
         let mut ids: Vec<u128> = placement.ring().members().iter().map(|m| m.node_id).collect();
         ids.sort_unstable();
-        let mut expected = vec![id(1), id(2), id(3)];
+        let mut expected = vec![id(1), id(2), id(3), id(7), id(8)];
         expected.sort_unstable();
         assert_eq!(ids, expected);
     }
 
     #[test]
-    fn a_ring_change_keeps_the_previous_owners_for_the_transition_then_drops_them() {
-        let mut tracker = tracker(Vec::new());
+    fn a_ring_change_keeps_the_previous_owners_of_moved_partitions_until_evidence_confirms_them() {
+        let mut tracker = tracker(ClusterMemory::default());
         tracker.update(0, &views(1..=3)).expect("first ring");
         let grown = tracker.update(10, &views(1..=4)).expect("a new ring");
         assert!(grown.in_transition());
         let moved = (0u32..1000).map(|i| i.to_le_bytes()).find(|key| grown.owner_sets(key).len() == 2);
         let moved = moved.expect("a fourth member takes over some keys");
         assert_eq!(grown.owner_sets(&moved)[0].len(), 3);
-        assert!(tracker.update(500, &views(1..=4)).is_none(), "still settling");
-        tracker.handoff_finished();
-        let settled = tracker.update(1_010, &views(1..=4)).expect("transition over");
-        assert!(!settled.in_transition());
+        assert!(tracker.update(3_600_000, &views(1..=4)).is_none(), "time alone ends nothing");
+        let partition = partition_of(&moved);
+        let mut gone = views(1..=3);
+        gone.push(view(4, MemberState::Left));
+        tracker.update(3_600_001, &gone).expect("the fourth is gone");
+        assert!(
+            tracker.confirm(&grown, &[partition], &[]).is_none(),
+            "evidence from an older placement counts for nothing"
+        );
+        let regrown = tracker.update(3_600_002, &views(1..=4)).expect("and back");
+        let settled = tracker.confirm(&regrown, &[partition], &[]).expect("confirmed under the placement in force");
         assert_eq!(settled.owner_sets(&moved).len(), 1);
+        assert_eq!(settled.ring().members(), regrown.ring().members());
+        // Another node's view places the partition elsewhere: that set is honoured too.
+        let elsewhere = vec![NodeId(id(2)), NodeId(id(3)), NodeId(id(9))];
+        let widened = tracker.confirm(&settled, &[], &[(partition, elsewhere.clone())]);
+        let widened = widened.expect("a set found in another view");
+        assert!(widened.owner_sets(&moved).iter().any(|set| same_owners(set, &elsewhere)));
     }
 
     #[test]
-    fn a_cluster_of_one_needs_one_answer_but_a_node_cut_off_from_its_cluster_needs_the_full_quorum() {
+    fn evidence_needs_a_group_with_one_digest_covering_previous_write_quorums_and_current_read_quorums() {
+        // One owner replaced by another (A B C -> A B D): A and B agreeing is enough.
+        let (placement, p, old, now) = settling(&[1, 2, 3], &[1, 2, 4]);
+        let common: Vec<NodeId> = old.iter().filter(|n| now.contains(n)).copied().collect();
+        assert!(common.len() >= 2, "the test ring keeps two owners: {old:?} {now:?}");
+        assert!(placement.settled_by(p, &[(common[0], 9), (common[1], 9)]));
+        assert!(!placement.settled_by(p, &[(common[0], 9), (common[1], 8)]), "owners that differ prove nothing");
+        // Only one previous owner in the group: a write acknowledged by the two others is missed.
+        let newcomer = *now.iter().find(|n| !old.contains(n)).expect("a new owner");
+        assert!(!placement.settled_by(p, &[(common[0], 9), (newcomer, 9)]));
+        assert!(placement.settled_by(p, &[(common[0], 9), (common[1], 9), (newcomer, 3)]));
+    }
+
+    #[test]
+    fn a_side_cut_off_from_most_previous_owners_of_a_partition_never_settles_it() {
+        // Previous owners D E A; the side holding A B C evicted D and E: only A can answer.
+        let (placement, p, old, now) = settling(&[4, 5, 1], &[1, 2, 3]);
+        let digests: Vec<(NodeId, u64)> = now.iter().map(|n| (*n, 1)).collect();
+        assert!(old.iter().filter(|n| digests.iter().any(|(d, _)| d == *n)).count() < 2);
+        assert!(!placement.settled_by(p, &digests));
+        let reads = placement.quorum_sets(&[0], 2);
+        assert!(reads.iter().all(|(set, need)| *need <= set.len()));
+    }
+
+    #[test]
+    fn a_cluster_of_one_needs_one_answer_and_a_node_cut_off_from_the_majority_evicts_no_one() {
         let alone = Placement::alone(NodeId(7), Quorum::DEFAULT);
         assert_eq!(alone.quorum_sets(b"/x", 2), vec![(vec![NodeId(7)], 1)]);
-        // Five members, then four evicted after a long partition: the ring is this node
-        // alone, but W = 2 still needs two owners, which it cannot have.
-        let mut tracker = tracker(Vec::new());
+        // Five members, then this node and one other cut off from the three others for
+        // longer than `evict_after`: the majority may be writing under the ring it keeps, so
+        // this side keeps it too.
+        let mut tracker = tracker(ClusterMemory::default());
         tracker.update(0, &views(1..=5));
-        let mut cut_off = views(1..=1);
-        cut_off.extend((2..=5).map(|i| view(i, MemberState::Down)));
-        let evicted = tracker.update(61_000, &cut_off).expect("evictions change the ring");
-        assert_eq!(evicted.ring().members().len(), 1);
-        assert_eq!(evicted.quorum_sets(b"/x", 2)[0], (vec![NodeId(id(1))], 2));
+        let mut cut_off = views(1..=2);
+        cut_off.extend((3..=5).map(|i| view(i, MemberState::Down)));
+        assert!(tracker.update(61_000, &cut_off).is_none(), "no eviction without a majority");
+        assert!(!tracker.sees_majority());
+        assert_eq!(tracker.placement().ring().members().len(), 5);
+        // The side with three of five evicts the other two.
+        let mut majority = views(1..=3);
+        majority.extend((4..=5).map(|i| view(i, MemberState::Down)));
+        let evicted = tracker.update(122_000, &majority).expect("evictions change the ring");
+        assert!(tracker.sees_majority());
+        assert_eq!(evicted.ring().members().len(), 3);
     }
 
     #[test]
-    fn a_restarted_node_places_by_the_members_it_remembers_and_a_member_that_left_is_forgotten() {
-        let mut before = tracker(Vec::new());
-        before.update(0, &views(1..=5));
-        let remembered = before.known();
-        assert_eq!(remembered.len(), 5);
-        let mut after = tracker(remembered);
+    fn a_restarted_node_places_by_what_it_remembers_and_a_member_that_left_is_forgotten() {
+        let mut before = tracker(ClusterMemory::default());
+        before.update(0, &views(1..=4));
+        let grown = before.update(1, &views(1..=5)).expect("a fifth member");
+        let remembered = before.memory();
+        assert_eq!(remembered.members.len(), 5);
+        assert_eq!(remembered.settling.len(), grown.settling().len());
+        let config = bincode::config::standard();
+        let encoded = bincode::serde::encode_to_vec(&remembered, config).expect("encodes");
+        let (decoded, _): (ClusterMemory, usize) =
+            bincode::serde::decode_from_slice(&encoded, config).expect("decodes");
+        let mut after = tracker(decoded);
         assert_eq!(after.placement().ring().members().len(), 5, "restarted alone, it still knows five");
+        assert_eq!(after.placement().settling(), grown.settling(), "and what was still settling");
         assert!(after.rpc_addr(NodeId(id(3))).is_some());
-        // Nobody shows up for `evict_after`: the others leave the ring, the quorum stays.
-        let placement = after.update(60_001, &views(1..=1)).expect("evicted");
-        assert_eq!(placement.ring().members().len(), 1);
-        assert_eq!(placement.quorum_sets(b"/k", 2)[0].1, 2);
+        // Nobody shows up for `evict_after`: alone, it evicts no one.
+        assert!(after.update(60_001, &views(1..=1)).is_none());
+        assert_eq!(after.placement().ring().members().len(), 5);
+        assert_eq!(after.placement().quorum_sets(b"/k", 2)[0].1, 2);
         // A member that leaves on purpose is forgotten and no longer counts.
         let mut leaving = views(1..=4);
         leaving.push(view(5, MemberState::Left));
         let placement = after.update(60_002, &leaving).expect("four back, one left");
         assert_eq!(placement.ring().members().len(), 4);
-        assert_eq!(after.known().len(), 4);
+        assert_eq!(after.memory().members.len(), 4);
     }
 
     #[test]
-    fn disk_usage_changing_is_not_a_ring_change_and_a_transition_waits_for_the_hand_off() {
-        let mut tracker = tracker(Vec::new());
+    fn disk_usage_changing_is_not_a_ring_change() {
+        let mut tracker = tracker(ClusterMemory::default());
         tracker.update(0, &views(1..=3));
-        let grown = tracker.update(10, &views(1..=4)).expect("a fourth member");
-        assert!(grown.in_transition());
+        tracker.update(10, &views(1..=4)).expect("a fourth member");
         let mut drifted = views(1..=4);
         if let Some(record) = drifted[1].record.as_mut() {
             record.disk_used_bytes += 1 << 30;
         }
         assert!(tracker.update(500, &drifted).is_none(), "a member filling its disk is not a new ring");
-        assert!(tracker.update(5_000, &drifted).is_none(), "time is up, but the hand-off is not done");
-        tracker.handoff_finished();
-        assert!(!tracker.update(5_001, &drifted).expect("now it ends").in_transition());
     }
 
     #[test]
-    fn a_second_change_during_a_transition_keeps_the_ring_from_before_it() {
-        let mut tracker = tracker(Vec::new());
-        tracker.update(0, &views(1..=3));
+    fn a_second_change_during_a_transition_keeps_the_owners_from_before_it() {
+        let mut tracker = tracker(ClusterMemory::default());
+        let original = tracker.update(0, &views(1..=3)).expect("three members");
         let first = tracker.update(10, &views(1..=4)).expect("a fourth member");
         let second = tracker.update(20, &views(1..=5)).expect("a fifth member");
-        let original = Ring::new(first.previous.clone().expect("previous").members().to_vec(), 3);
-        assert_eq!(second.previous.as_ref().expect("still in transition").members(), original.members());
+        for partition in first.settling().keys() {
+            let sets = second.partition_sets(*partition);
+            assert!(sets.iter().any(|set| same_owners(set, &original.owners(*partition))), "{partition:?}: {sets:?}");
+        }
+        // Back to the first members: the first owners are current again, not settling; the
+        // owner sets in between stay until evidence covers them.
+        let mut back = views(1..=3);
+        back.extend([view(4, MemberState::Left), view(5, MemberState::Left)]);
+        let back = tracker.update(30, &back).expect("back to three");
+        for (partition, sets) in back.settling() {
+            assert!(!sets.iter().any(|set| same_owners(set, &original.owners(*partition))));
+        }
     }
 
     #[test]
     fn a_forming_cluster_needs_only_what_the_previous_smaller_ring_had() {
-        let mut tracker = tracker(Vec::new());
+        let mut tracker = tracker(ClusterMemory::default());
         tracker.update(0, &views(1..=1));
         let grown = tracker.update(10, &views(1..=2)).expect("a second member");
         for i in 0u32..50 {
@@ -479,5 +718,8 @@ mod tests {
                 assert!(need <= set.len(), "every set can reach its quorum: {set:?} needs {need}");
             }
         }
+        // The first member alone held everything, so its digest alone settles a partition.
+        let p = partition_of(&0u32.to_le_bytes());
+        assert!(grown.settled_by(p, &[(NodeId(id(1)), 5)]));
     }
 }

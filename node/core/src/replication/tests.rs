@@ -33,7 +33,7 @@ impl Harness {
             coordinators: nodes.iter().map(|n| Coordinator::new(*n, BLOCK)).collect(),
             placements: nodes
                 .iter()
-                .map(|n| Arc::new(Placement::new(*n, quorum, ring.clone(), None, count as usize)))
+                .map(|n| Arc::new(Placement::new(*n, quorum, ring.clone(), Arc::default(), count as usize)))
                 .collect(),
             nodes,
         }
@@ -388,41 +388,59 @@ fn mkdir_of_the_root_and_an_empty_write_finish_at_once() {
 }
 
 #[test]
-fn after_a_join_the_hand_off_lets_the_new_ring_alone_serve_every_file() {
+fn after_a_join_exchanges_with_previous_owners_settle_every_moved_partition_and_the_new_ring_alone_serves() {
     // Four stores; the first three form the old ring, the fourth joins.
     let mut h = Harness::new(4, Quorum::DEFAULT, 1 << 20);
     let member = |n: &NodeId| RingMember { node_id: n.0, zone: String::new(), capacity_bytes: 1 };
     let old_ring = Ring::new(h.nodes[..3].iter().map(member).collect(), 3);
     let new_ring = Ring::new(h.nodes.iter().map(member).collect(), 3);
-    h.placements =
-        h.nodes.iter().map(|n| Arc::new(Placement::new(*n, Quorum::DEFAULT, old_ring.clone(), None, 3))).collect();
+    h.placements = h
+        .nodes
+        .iter()
+        .map(|n| Arc::new(Placement::new(*n, Quorum::DEFAULT, old_ring.clone(), Arc::default(), 3)))
+        .collect();
     let paths: Vec<String> = (0..40).map(|i| format!("/d{}/f{i}", i % 4)).collect();
     for (i, path) in paths.iter().enumerate() {
         h.put(i % 3, path, format!("content {i}").as_bytes(), 10 + i as u64).expect("put");
     }
-    // The transition: every node hands off what it holds.
+    // The ring changes: moved partitions settle from their old owners.
+    let owners = |ring: &Ring, p| ring.owners(p).map(|m| NodeId(m.node_id)).collect::<Vec<_>>();
+    let settling: Settling = shoal_membership::Partition::all()
+        .filter(|p| {
+            let (mut old, mut new) = (owners(&old_ring, *p), owners(&new_ring, *p));
+            old.sort();
+            new.sort();
+            old != new
+        })
+        .map(|p| (p, vec![owners(&old_ring, p)]))
+        .collect();
+    let settling = Arc::new(settling);
+    let placement = |n: &NodeId| Arc::new(Placement::new(*n, Quorum::DEFAULT, new_ring.clone(), settling.clone(), 4));
+    let before = h.cluster.run(0, SettleCheck::new(placement(&h.nodes[0]), usize::MAX));
+    // Where the two owners that stay agree, they alone are the evidence: every write was on
+    // one of them, every read meets one of them.
+    assert_eq!(before.checked, settling.len());
+    // Anti-entropy: every node exchanges with everyone it shares partitions with.
     for node in &h.nodes {
-        let placement = Placement::new(*node, Quorum::DEFAULT, new_ring.clone(), Some(old_ring.clone()), 4);
-        let store = h.cluster.store(*node).clone();
-        let files = store.scan_files(None, usize::MAX).expect("scan");
-        let entries = store.scan_dir_entries(None, usize::MAX).expect("scan");
-        let mut records: Vec<shoal_storage::RecordUpdate> =
-            files.into_iter().map(|(p, r)| shoal_storage::RecordUpdate::File(p, r)).collect();
-        records.extend(entries.into_iter().map(|(d, n, e)| {
-            shoal_storage::RecordUpdate::Dir(d, shoal_storage::DirRecord { children: [(n, e)].into() })
-        }));
-        let blocks = store
-            .scan_blocks(None, usize::MAX)
-            .expect("scan")
-            .into_iter()
-            .filter_map(|hash| Some((hash, store.get_block(&hash).ok()??)))
-            .collect();
-        let report = h.cluster.run(0, Handoff::new(&placement, records, blocks));
-        assert_eq!(report.failed, 0);
+        let placement = placement(node);
+        for peer in &h.nodes {
+            let shared =
+                shoal_membership::Partition::all().filter(|p| placement.keeps(*node, *p) && placement.keeps(*peer, *p));
+            let shared = PartitionSet::of(shared);
+            if peer != node && !shared.is_empty() {
+                let report = h.cluster.run(0, SyncSession::new(*node, *peer, shared));
+                assert_eq!(report.failure, None);
+            }
+        }
     }
+    let after = h.cluster.run(0, SettleCheck::new(placement(&h.nodes[0]), usize::MAX));
+    assert_eq!(after.settled.len(), settling.len(), "every moved partition settled");
     // The transition is over: only the new ring is asked, and it has everything.
-    h.placements =
-        h.nodes.iter().map(|n| Arc::new(Placement::new(*n, Quorum::DEFAULT, new_ring.clone(), None, 4))).collect();
+    h.placements = h
+        .nodes
+        .iter()
+        .map(|n| Arc::new(Placement::new(*n, Quorum::DEFAULT, new_ring.clone(), Arc::default(), 4)))
+        .collect();
     let joined = h.cluster.store(h.nodes[3]);
     assert!(joined.scan_files(None, usize::MAX).expect("scan").len() > 5, "the newcomer took over some files");
     for (i, path) in paths.iter().enumerate() {
