@@ -530,8 +530,20 @@ mod tests {
         alive.map(|i| view(i, MemberState::Alive)).collect()
     }
 
+    /// A tracker of a node that has joined its cluster.
     fn tracker(remembered: ClusterMemory) -> PlacementTracker {
-        PlacementTracker::new(NodeId(id(1)), Quorum::DEFAULT, 60_000, remembered, 0)
+        let mut tracker = PlacementTracker::new(NodeId(id(1)), Quorum::DEFAULT, 60_000, remembered, 0);
+        tracker.joined();
+        tracker
+    }
+
+    #[test]
+    fn rings_a_node_passes_through_while_joining_leave_no_previous_sets() {
+        let mut joining = PlacementTracker::new(NodeId(id(1)), Quorum::DEFAULT, 60_000, ClusterMemory::default(), 0);
+        joining.update(0, &views(1..=2));
+        assert!(joining.update(1, &views(1..=3)).expect("a third member").settling().is_empty());
+        joining.joined();
+        assert!(joining.update(2, &views(1..=4)).expect("a fourth member").in_transition());
     }
 
     /// A placement over `current` whose partition `p` settles from `previous`.
