@@ -300,9 +300,15 @@ impl<S: Store> NodeCore<S> {
         let id = PeerRequestId(self.next_peer_request);
         self.next_peer_request += 1;
         match request {
-            // A node that has not joined never coordinated: its placement is no one's.
-            Request::Sync(SyncRpc::OwnerSets { .. }) if !self.view.is_ready() => {
-                let refusal = crate::replication::Refusal::Other("this node has not joined its cluster yet".into());
+            // A node that has not joined never coordinated: its placement is no one's. A
+            // malformed set (from a confused or hostile peer) is refused, never a panic.
+            Request::Sync(SyncRpc::OwnerSets { partitions }) if !self.view.is_ready() || !partitions.is_valid() => {
+                let why = if partitions.is_valid() {
+                    "this node has not joined its cluster yet"
+                } else {
+                    "a partition set of the wrong size"
+                };
+                let refusal = crate::replication::Refusal::Other(why.into());
                 self.out.peer_replies.push_back(PeerReply { id, reply: Reply::Refused(refusal) });
             }
             // What this node's placement honours is the node's to say, not its store's.

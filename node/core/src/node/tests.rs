@@ -143,3 +143,19 @@ fn disk_usage_is_republished_only_once_it_moved_by_64_mib_or_1_percent() {
     assert!(config.usage_worth_publishing(Some(1000), 1010), "1 % of a small figure");
     assert!(!config.usage_worth_publishing(Some(1000), 1000), "no change");
 }
+
+#[test]
+fn a_malformed_owner_sets_request_is_refused_not_a_panic() {
+    let mut core = pair(false);
+    let oversized: crate::replication::PartitionSet = bincode::serde::decode_from_slice(
+        &bincode::serde::encode_to_vec(vec![u64::MAX; 65], bincode::config::standard()).expect("encodes"),
+        bincode::config::standard(),
+    )
+    .expect("decodes")
+    .0;
+    let request = Request::Sync(crate::replication::SyncRpc::OwnerSets { partitions: oversized });
+    let id = core.handle_peer_request(NOW, request);
+    let reply = core.poll_peer_reply().expect("answered at once");
+    assert_eq!(reply.id, id);
+    assert!(matches!(reply.reply, Reply::Refused(_)), "{:?}", reply.reply);
+}

@@ -72,8 +72,8 @@ impl PartitionSet {
         })
     }
 
-    /// Whether a peer's set is well formed.
-    fn is_valid(&self) -> bool {
+    /// Whether a peer's set is well formed (exactly the partitions there are).
+    pub fn is_valid(&self) -> bool {
         self.0.len() == Self::WORDS
     }
 }
