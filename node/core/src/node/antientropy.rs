@@ -12,11 +12,13 @@
 //! [`CoreConfig::settle_interval`](super::CoreConfig::settle_interval) the node looks for the
 //! evidence that they have ([`SettleCheck`]): that is how a transition ends.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use shoal_membership::{PARTITIONS, Partition};
 use shoal_storage::{NodeId, Store, StoreError};
 
+use crate::replication::placement::same_owners;
 use crate::replication::{DrainOutcome, DrainSession, PartitionSet, Placement, SettleCheck, SyncSession};
 
 use super::config::micros;
@@ -54,6 +56,13 @@ pub(crate) struct SyncState {
     dropping: usize,
     /// Whether a look for settled partitions is in flight.
     settle_running: bool,
+    /// The exchange in flight: when it started and the partitions it covers.
+    exchange: Option<(u64, PartitionSet)>,
+    /// Per partition this node keeps: each peer it last completed an exchange of it with,
+    /// and when (µs, this node's clock) that exchange started.
+    exchanges: BTreeMap<Partition, BTreeMap<NodeId, u64>>,
+    /// Per settling partition: its owner sets, and since when (µs) it has had them.
+    settling_since: BTreeMap<Partition, (Vec<Vec<NodeId>>, u64)>,
 }
 
 impl<S: Store> NodeCore<S> {
@@ -87,6 +96,7 @@ impl<S: Store> NodeCore<S> {
         }
         let Some((peer, partitions)) = self.next_sync_peer() else { return };
         self.sync.running = true;
+        self.sync.exchange = Some((now_us, partitions.clone()));
         self.start_op(now_us, Purpose::Sync, AnyOp::Sync(Box::new(SyncSession::new(self.this, peer, partitions))));
     }
 
@@ -185,17 +195,21 @@ impl<S: Store> NodeCore<S> {
         let placement = self.view.placement();
         if self.view.is_ready() && placement.in_transition() && !self.sync.settle_running {
             self.sync.settle_running = true;
-            self.start_op(now_us, Purpose::Settle, AnyOp::Settle(SettleCheck::new(placement, PARTITIONS)));
+            let since = self.sync.settling_since.iter().map(|(partition, (_, since))| (*partition, *since)).collect();
+            let exchanges = self.exchanges_of(now_us, placement.settling().keys().copied());
+            let check = SettleCheck::new(placement, PARTITIONS, now_us, since, &exchanges);
+            self.start_op(now_us, Purpose::Settle, AnyOp::Settle(check));
         }
     }
 
-    pub(crate) fn settle_checked(&mut self, outcome: AnyOutput) {
+    pub(crate) fn settle_checked(&mut self, now_us: u64, outcome: AnyOutput) {
         let AnyOutput::Settle(report) = outcome else { panic!("a settle check answers with its report") };
         self.sync.settle_running = false;
-        let (settled, found) = (report.settled.len(), report.found.len());
-        tracing::debug!(checked = report.checked, settled, found, "looked for settled partitions");
-        if settled + found > 0 {
-            self.partitions_settled(&report.placement, &report.settled, &report.found);
+        let findings = &report.findings;
+        let (settled, vouched, found) = (findings.settled.len(), findings.vouched.len(), findings.found.len());
+        tracing::debug!(checked = report.checked, settled, vouched, found, "looked for settled partitions");
+        if !findings.is_empty() {
+            self.partitions_settled(now_us, &report.placement, findings);
         }
     }
 
@@ -205,14 +219,59 @@ impl<S: Store> NodeCore<S> {
         if let Some(why) = &report.failure {
             tracing::debug!(peer = %report.peer, why, "an anti-entropy exchange stopped early");
         }
+        if let Some((started_us, partitions)) = self.sync.exchange.take()
+            && report.complete
+        {
+            for partition in partitions.iter() {
+                self.sync.exchanges.entry(partition).or_default().insert(report.peer, started_us);
+            }
+        }
         self.out.events.push_back(Event::SyncEnded(report));
     }
+
+    /// This node's completed exchanges of `partitions`, as it answers
+    /// [`SyncRpc::OwnerSets`](crate::replication::SyncRpc::OwnerSets): per partition, each
+    /// peer with how long ago (µs) the last exchange with it started.
+    pub(crate) fn exchanges_of(
+        &self,
+        now_us: u64,
+        partitions: impl Iterator<Item = Partition>,
+    ) -> BTreeMap<Partition, Vec<(NodeId, u64)>> {
+        partitions
+            .filter_map(|partition| {
+                let peers = self.sync.exchanges.get(&partition)?;
+                Some((partition, peers.iter().map(|(peer, at)| (*peer, now_us.saturating_sub(*at))).collect()))
+            })
+            .collect()
+    }
+
+    /// Takes a new placement in: dates the owner sets of each settling partition that
+    /// changed (evidence older than that proves nothing about them), and forgets the
+    /// exchanges of partitions this node no longer keeps.
+    pub(crate) fn placement_moved(&mut self, now_us: u64, placement: &Placement) {
+        let settling = placement.settling();
+        self.sync.settling_since.retain(|partition, _| settling.contains_key(partition));
+        for partition in settling.keys() {
+            let sets = placement.partition_sets(*partition);
+            let dated = self.sync.settling_since.get(partition).is_some_and(|(known, _)| same_sets(known, &sets));
+            if !dated {
+                self.sync.settling_since.insert(*partition, (sets, now_us));
+            }
+        }
+        let this = self.this;
+        self.sync.exchanges.retain(|partition, _| placement.keeps(this, *partition));
+    }
+}
+
+/// Whether two lists of owner sets are the same sets, in order.
+fn same_sets(a: &[Vec<NodeId>], b: &[Vec<NodeId>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_owners(a, b))
 }
 
 /// The other members that share partitions with `this` (current owners, and previous owners
 /// of settling partitions), with those partitions, in id order.
 fn co_owners(this: NodeId, placement: &Placement) -> Vec<(NodeId, PartitionSet)> {
-    let mut shared: std::collections::BTreeMap<NodeId, Vec<Partition>> = Default::default();
+    let mut shared: BTreeMap<NodeId, Vec<Partition>> = Default::default();
     for partition in Partition::all().filter(|partition| placement.keeps(this, *partition)) {
         for owner in placement.co_owners(partition) {
             shared.entry(owner).or_default().push(partition);

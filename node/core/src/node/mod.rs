@@ -16,7 +16,7 @@ use std::sync::Arc;
 use shoal_storage::{BlockHash, NodeId, Store};
 
 use crate::replication::{
-    ClusterMemory, Coordinator, Outgoing, Placement, Reply, Request, RpcError, SyncReport, SyncRpc,
+    ClusterMemory, Coordinator, Outgoing, PartitionOwners, Placement, Reply, Request, RpcError, SyncReport, SyncRpc,
 };
 
 pub use clients::{Answer, Client, Deleted, Listing, Made, Put, PutProgress, Read, RecordRead, Removed};
@@ -244,6 +244,9 @@ impl<S: Store> NodeCore<S> {
             sync: SyncState::default(),
             out: Outputs::default(),
         };
+        // A restarted node's remembered transitions are dated from its start.
+        let placement = core.view.placement();
+        core.placement_moved(now_us, &placement);
         core.arm(now_us + micros(core.config.placement_refresh), Timer::PlacementRefresh);
         core.arm(now_us + micros(core.config.sync_interval), Timer::SyncTick);
         core.arm(now_us + micros(core.config.settle_interval), Timer::SettleTick);
@@ -296,13 +299,13 @@ impl<S: Store> NodeCore<S> {
 
     /// A peer asks this node's replica something; the reply comes out of
     /// [`poll_peer_reply`](NodeCore::poll_peer_reply) under the returned id.
-    pub fn handle_peer_request(&mut self, _now_us: u64, request: Request) -> PeerRequestId {
+    pub fn handle_peer_request(&mut self, now_us: u64, request: Request) -> PeerRequestId {
         let id = PeerRequestId(self.next_peer_request);
         self.next_peer_request += 1;
         match request {
             // A node that has not joined never coordinated: its placement is no one's. A
             // malformed set (from a confused or hostile peer) is refused, never a panic.
-            Request::Sync(SyncRpc::OwnerSets { partitions }) if !self.view.is_ready() || !partitions.is_valid() => {
+            Request::Sync(SyncRpc::OwnerSets { partitions, .. }) if !self.view.is_ready() || !partitions.is_valid() => {
                 let why = if partitions.is_valid() {
                     "this node has not joined its cluster yet"
                 } else {
@@ -312,10 +315,17 @@ impl<S: Store> NodeCore<S> {
                 self.out.peer_replies.push_back(PeerReply { id, reply: Reply::Refused(refusal) });
             }
             // What this node's placement honours is the node's to say, not its store's.
-            Request::Sync(SyncRpc::OwnerSets { partitions }) => {
+            Request::Sync(SyncRpc::OwnerSets { partitions, exchanges }) => {
                 let placement = self.view.placement();
-                let sets = partitions.iter().map(|partition| placement.partition_sets(partition)).collect();
-                self.out.peer_replies.push_back(PeerReply { id, reply: Reply::OwnerSets(sets) });
+                let mut done = if exchanges { self.exchanges_of(now_us, partitions.iter()) } else { BTreeMap::new() };
+                let owners = partitions
+                    .iter()
+                    .map(|partition| PartitionOwners {
+                        sets: placement.partition_sets(partition),
+                        exchanges: done.remove(&partition).unwrap_or_default(),
+                    })
+                    .collect();
+                self.out.peer_replies.push_back(PeerReply { id, reply: Reply::OwnerSets(owners) });
             }
             request => self.queue_job(StoreWork::Serve(request), JobPurpose::Peer(id)),
         }
@@ -453,8 +463,8 @@ impl<S: Store> NodeCore<S> {
         if let Some(outcome) = outcome {
             match purpose {
                 Purpose::Client { client, part } => self.client_progress(now_us, client, part, outcome),
-                Purpose::Settle => self.settle_checked(outcome),
-                Purpose::Learn => self.sets_learned(outcome),
+                Purpose::Settle => self.settle_checked(now_us, outcome),
+                Purpose::Learn => self.sets_learned(now_us, outcome),
                 Purpose::Sync => self.sync_ended(outcome),
                 Purpose::Drain { partitions } => self.drain_ended(partitions, outcome),
             }

@@ -153,7 +153,7 @@ fn a_malformed_owner_sets_request_is_refused_not_a_panic() {
     )
     .expect("decodes")
     .0;
-    let request = Request::Sync(crate::replication::SyncRpc::OwnerSets { partitions: oversized });
+    let request = Request::Sync(crate::replication::SyncRpc::OwnerSets { partitions: oversized, exchanges: true });
     let id = core.handle_peer_request(NOW, request);
     let reply = core.poll_peer_reply().expect("answered at once");
     assert_eq!(reply.id, id);

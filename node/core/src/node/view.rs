@@ -12,10 +12,9 @@ use shoal_storage::{NodeId, Store};
 
 use super::{CoreConfig, Event, NodeCore, micros};
 use crate::files::FileError;
-use shoal_membership::Partition;
 
 use super::ops::{AnyOp, AnyOutput, Purpose};
-use crate::replication::{ClusterMemory, KnownMember, LearnSets, Placement, PlacementTracker};
+use crate::replication::{ClusterMemory, Findings, KnownMember, LearnSets, Placement, PlacementTracker};
 
 /// What one node knows of its cluster.
 pub(crate) struct ViewState {
@@ -136,7 +135,7 @@ impl<S: Store> NodeCore<S> {
         if !view.tracker.sees_majority() {
             view.learned = false;
         }
-        self.placement_updated(changed);
+        self.placement_updated(now_us, changed);
         self.learn_if_needed(now_us);
     }
 
@@ -160,7 +159,7 @@ impl<S: Store> NodeCore<S> {
 
     /// The round of learning ended: adopt what it found if a majority answered and the
     /// ring did not change meanwhile; otherwise the next refresh runs it again.
-    pub(crate) fn sets_learned(&mut self, outcome: AnyOutput) {
+    pub(crate) fn sets_learned(&mut self, now_us: u64, outcome: AnyOutput) {
         let AnyOutput::Learn(report) = outcome else { panic!("learning answers with its report") };
         self.view.learning = false;
         let known = self.view.saved.members.len().max(1);
@@ -173,12 +172,13 @@ impl<S: Store> NodeCore<S> {
         tracing::info!(found = report.found.len(), "learned the other members' owner sets; coordinating");
         self.view.learned = true;
         if !report.found.is_empty() {
-            self.partitions_settled(&report.placement, &[], &report.found);
+            let findings = Findings { found: report.found, ..Findings::default() };
+            self.partitions_settled(now_us, &report.placement, &findings);
         }
     }
 
     /// Reports what the tracker remembers if it changed, and takes a new placement in.
-    fn placement_updated(&mut self, changed: Option<Arc<Placement>>) {
+    fn placement_updated(&mut self, now_us: u64, changed: Option<Arc<Placement>>) {
         let view = &mut self.view;
         let memory = view.tracker.memory();
         if memory != view.saved {
@@ -191,27 +191,24 @@ impl<S: Store> NodeCore<S> {
             self.out.events.push_back(Event::RingChanged { members: placement.ring().members().len() });
         }
         view.placement = placement.clone();
+        self.placement_moved(now_us, &placement);
         self.out.events.push_back(Event::PlacementChanged(placement.clone()));
         if placement.in_transition() {
             tracing::debug!(settling = placement.settling().len(), "partitions settling after a ring change");
         }
     }
 
-    /// A look under `checked` found `partitions` settled, and owner sets other views use.
-    pub(crate) fn partitions_settled(
-        &mut self,
-        checked: &Placement,
-        partitions: &[Partition],
-        found: &[(Partition, Vec<NodeId>)],
-    ) {
-        let changed = self.view.tracker.confirm(checked, partitions, found);
+    /// A look under `checked` found partitions settled, previous sets covered, and owner
+    /// sets other views use.
+    pub(crate) fn partitions_settled(&mut self, now_us: u64, checked: &Placement, findings: &Findings) {
+        let changed = self.view.tracker.confirm(checked, findings);
         if let Some(placement) = &changed {
             self.out.events.push_back(Event::Settled {
-                partitions: partitions.len(),
-                found: found.len(),
+                partitions: findings.settled.len(),
+                found: findings.found.len(),
                 settling: placement.settling().len(),
             });
         }
-        self.placement_updated(changed);
+        self.placement_updated(now_us, changed);
     }
 }

@@ -150,7 +150,7 @@ fn malformed(request: &SyncRpc) -> Option<String> {
     match request {
         SyncRpc::Roots { partitions, .. }
         | SyncRpc::Partitions { partitions, .. }
-        | SyncRpc::OwnerSets { partitions }
+        | SyncRpc::OwnerSets { partitions, .. }
         | SyncRpc::Children { partitions: Some(partitions), .. }
             if !partitions.is_valid() =>
         {

@@ -186,6 +186,8 @@ pub enum SyncRpc {
     OwnerSets {
         /// The partitions asked about.
         partitions: PartitionSet,
+        /// Also say which anti-entropy exchanges of them the node completed, and when.
+        exchanges: bool,
     },
 }
 
@@ -224,9 +226,20 @@ pub enum Reply {
     /// The answer to [`SyncRpc::Partitions`]: per partition asked, in order, one short digest
     /// over every kind.
     PartitionDigests(Vec<u64>),
-    /// The answer to [`SyncRpc::OwnerSets`]: per partition asked, in order, the owner sets
-    /// honoured there (the current one first).
-    OwnerSets(Vec<Vec<Vec<NodeId>>>),
+    /// The answer to [`SyncRpc::OwnerSets`]: per partition asked, in order, what the
+    /// answering node's placement says of it.
+    OwnerSets(Vec<PartitionOwners>),
+}
+
+/// What one node's placement honours for one partition, and what it knows of its transition.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOwners {
+    /// The owner sets honoured (the current one first).
+    pub sets: Vec<Vec<NodeId>>,
+    /// If asked: each peer this node last completed an anti-entropy exchange of the partition
+    /// with, and how long before answering (µs) that exchange started. Both then held what
+    /// either held when it started.
+    pub exchanges: Vec<(NodeId, u64)>,
 }
 
 /// Why a replica refused a request.

@@ -17,8 +17,12 @@ pub use coordinator::{Coordinator, FileOp, FileOutcome};
 pub use digests::PartitionSet;
 pub use drain::{DrainOutcome, DrainSession};
 pub use local::LocalCluster;
-pub use messages::{BlockRpc, RecordKey, RecordRpc, RecordValue, Refusal, Reply, Request, RpcError, SyncRpc};
-pub use placement::{ClusterMemory, KnownMember, Placement, PlacementTracker, Quorum, Settling, partition_of};
+pub use messages::{
+    BlockRpc, PartitionOwners, RecordKey, RecordRpc, RecordValue, Refusal, Reply, Request, RpcError, SyncRpc,
+};
+pub use placement::{
+    ClusterMemory, Findings, KnownMember, Placement, PlacementTracker, Quorum, Settling, Sources, partition_of,
+};
 pub use quorum::{FetchBlock, Op, Outgoing, QuorumFailure, ReadKeys, WriteQuorum};
 pub use settle::{LearnReport, LearnSets, SettleCheck, SettleReport};
 pub use sync::{SyncReport, SyncSession};

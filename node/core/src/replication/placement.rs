@@ -4,8 +4,9 @@
 //! confirmed to hold what the previous ones held, an acknowledged write may live only on the
 //! previous ones. So each such partition stays *settling*: writes need a quorum among its
 //! previous owners *and* among the new ones, reads ask both and need a quorum of each. The
-//! transition of a partition ends on evidence, not on a timer: when anti-entropy has made
-//! enough previous and current owners hold identical digests of it ([`settled_by`]).
+//! transition of a partition ends on evidence, not on a timer: when enough current owners are
+//! known to hold what enough previous owners held, through identical digests or completed
+//! anti-entropy exchanges ([`Placement::settled_by`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,6 +42,31 @@ impl Quorum {
 /// owners in this node's ring, and owner sets other nodes' views were found to use for it.
 pub type Settling = BTreeMap<Partition, Vec<Vec<NodeId>>>;
 
+/// For previous sets learned from other nodes (not this node's own history): the nodes each
+/// was learned from. Such a set is covered once one of them says it has settled the
+/// partition onto the same current owners: its own evidence covered every set it honoured.
+pub type Sources = BTreeMap<Partition, Vec<(Vec<NodeId>, Vec<NodeId>)>>;
+
+/// What one look at other nodes found (docs/ARCHITECTURE.md §5), for
+/// [`PlacementTracker::confirm`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    /// Partitions whose change the evidence proved complete.
+    pub settled: Vec<Partition>,
+    /// Previous sets learned from a node that has since settled the partition onto the same
+    /// current owners.
+    pub vouched: Vec<(Partition, Vec<NodeId>)>,
+    /// Owner sets another node honours that this placement does not, with that node.
+    pub found: Vec<(Partition, Vec<NodeId>, NodeId)>,
+}
+
+impl Findings {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.settled.is_empty() && self.vouched.is_empty() && self.found.is_empty()
+    }
+}
+
 /// Whether two owner sets hold the same members (in any order).
 pub fn same_owners(a: &[NodeId], b: &[NodeId]) -> bool {
     a.len() == b.len() && a.iter().all(|node| b.contains(node))
@@ -55,6 +81,8 @@ pub struct Placement {
     current: Ring,
     /// Partitions whose ownership changed without confirmation yet, with their previous owners.
     settling: Arc<Settling>,
+    /// Where the previous sets learned from other nodes came from.
+    sources: Arc<Sources>,
     /// How many members this node knows the cluster has (the ring's members plus those
     /// evicted but never seen leaving): quorums never shrink below what such a cluster needs.
     members_known: usize,
@@ -71,7 +99,7 @@ impl Placement {
         members_known: usize,
     ) -> Placement {
         let members_known = members_known.max(current.members().len()).max(1);
-        Placement { this, quorum, current, settling, members_known }
+        Placement { this, quorum, current, settling, sources: Arc::default(), members_known }
     }
 
     /// A placement where `this` is the only member it knows.
@@ -115,6 +143,13 @@ impl Placement {
     pub fn keeps(&self, node: NodeId, partition: Partition) -> bool {
         self.current.owns(node.0, partition)
             || self.settling.get(&partition).is_some_and(|sets| sets.iter().any(|old| old.contains(&node)))
+    }
+
+    /// The nodes previous set `set` of `partition` was learned from (none for a set from this
+    /// node's own history).
+    pub fn learned_from(&self, partition: Partition, set: &[NodeId]) -> &[NodeId] {
+        let sources = self.sources.get(&partition).into_iter().flatten();
+        sources.filter(|(known, _)| same_owners(known, set)).map(|(_, from)| from.as_slice()).next().unwrap_or(&[])
     }
 
     /// Every member `this` must compare `partition` with: its current owners and, while it
@@ -170,27 +205,57 @@ impl Placement {
         self.partition_sets(partition).iter().any(|known| same_owners(known, set))
     }
 
-    /// Whether digests seen on owners of a settling `partition` prove its change complete:
-    /// some group of owners holding one identical digest (each made durable before it
-    /// answered) covers every write quorum of the previous owners and every read quorum of
-    /// the current ones (docs/ARCHITECTURE.md §5). Such a group holds every write
-    /// acknowledged under the previous owners, and every read under the current owners meets
-    /// the group.
-    pub fn settled_by(&self, partition: Partition, digests: &[(NodeId, u64)]) -> bool {
+    /// Whether the evidence gathered on owners of a settling `partition` proves its change
+    /// complete (docs/ARCHITECTURE.md §5). Two owners are *linked* when each is known to hold
+    /// everything the other held at some moment since the partition began settling: they
+    /// showed one identical durable digest (`digests`), or one of them completed an
+    /// anti-entropy exchange of the partition with the other (`synced`). The change is
+    /// complete when some group of current owners that meets every current read quorum is
+    /// linked, each of its members, to enough owners of every previous set to meet each of
+    /// that set's write quorums: every write acknowledged under a previous set is then on
+    /// every member of the group, and every read under the current owners meets the group.
+    pub fn settled_by(&self, partition: Partition, digests: &[(NodeId, u64)], synced: &[(NodeId, NodeId)]) -> bool {
         let Some(previous) = self.settling.get(&partition) else { return true };
+        self.covers(partition, previous, digests, synced)
+    }
+
+    /// Whether the evidence covers the `previous` sets of `partition` (see [`settled_by`]).
+    ///
+    /// [`settled_by`]: Placement::settled_by
+    pub fn covers(
+        &self,
+        partition: Partition,
+        previous: &[Vec<NodeId>],
+        digests: &[(NodeId, u64)],
+        synced: &[(NodeId, NodeId)],
+    ) -> bool {
         let current = self.owners(partition);
         let (w, r) = (self.need(self.quorum.w), self.need(self.quorum.r));
         // Every write acknowledged under a previous set is on at least `held` of it: a write
-        // quorum while it was current, or a read cover of it once its own change was confirmed.
-        let old_cover = |old: &[NodeId]| {
-            let held = w.min(old.len()).min((old.len() + 1).saturating_sub(r)).max(1);
-            old.len() + 1 - held
+        // quorum while it was current, or the group whose evidence confirmed its own change
+        // (below: never smaller than a write quorum of it).
+        let old_cover = |old: &[NodeId]| old.len() + 1 - w.min(old.len()).max(1);
+        // The group must meet every current read quorum, and be a write quorum of the current
+        // set itself: then, once it becomes a previous set in turn, everything acknowledged
+        // before is on `held` of it however small it is, so a forming cluster's two-member
+        // set that later loses one member for good still settles on the other.
+        let current_cover =
+            (current.len() + 1).saturating_sub(r).max(w.min(current.len())).clamp(1, current.len().max(1));
+        let digest = |node: NodeId| digests.iter().find(|(n, _)| *n == node).map(|(_, d)| *d);
+        let linked = |a: NodeId, b: NodeId| {
+            a == b
+                || digest(a).is_some_and(|d| digest(b) == Some(d))
+                || synced.iter().any(|pair| *pair == (a, b) || *pair == (b, a))
         };
-        let current_cover = (current.len() + 1).saturating_sub(r).clamp(1, current.len().max(1));
-        digests.iter().any(|(_, digest)| {
-            let group: Vec<NodeId> = digests.iter().filter(|(_, d)| d == digest).map(|(node, _)| *node).collect();
-            let within = |set: &[NodeId]| group.iter().filter(|node| set.contains(node)).count();
-            within(&current) >= current_cover && previous.iter().all(|old| within(old) >= old_cover(old))
+        // Owner sets have at most N members: every group of current owners can be tried.
+        let owners = &current[..current.len().min(16)];
+        (1u32..1 << owners.len()).any(|mask| {
+            let group: Vec<NodeId> =
+                owners.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, node)| *node).collect();
+            group.len() >= current_cover
+                && previous.iter().all(|old| {
+                    old.iter().filter(|held| group.iter().all(|owner| linked(*owner, **held))).count() >= old_cover(old)
+                })
         })
     }
 }
@@ -338,36 +403,52 @@ impl PlacementTracker {
 
     /// Takes in what a look under `checked` (the placement the evidence was gathered under)
     /// found, for each partition still settling exactly as it was then (same previous and
-    /// current owners): `confirmed` partitions settle; `found` owner sets that other nodes'
-    /// views use become previous sets too, so reads and writes reach them until evidence
-    /// covers them as well. Returns the new placement if anything changed.
-    pub fn confirm(
-        &mut self,
-        checked: &Placement,
-        confirmed: &[Partition],
-        found: &[(Partition, Vec<NodeId>)],
-    ) -> Option<Arc<Placement>> {
+    /// current owners): settled partitions settle; vouched previous sets are dropped; found
+    /// owner sets that other nodes' views use become previous sets too, so reads and writes
+    /// reach them until evidence covers them as well. Returns the new placement if anything
+    /// changed.
+    pub fn confirm(&mut self, checked: &Placement, findings: &Findings) -> Option<Arc<Placement>> {
         let unchanged = |partition: &Partition| {
             self.current.settling.get(partition) == checked.settling.get(partition)
                 && self.current.owners(*partition) == checked.owners(*partition)
         };
-        let settled: Vec<Partition> = confirmed.iter().copied().filter(unchanged).collect();
-        let found: Vec<&(Partition, Vec<NodeId>)> =
-            found.iter().filter(|(partition, set)| unchanged(partition) && !checked.honours(*partition, set)).collect();
-        if settled.is_empty() && found.is_empty() {
+        let settled: Vec<Partition> = findings.settled.iter().copied().filter(unchanged).collect();
+        let vouched: Vec<&(Partition, Vec<NodeId>)> =
+            findings.vouched.iter().filter(|(partition, _)| unchanged(partition)).collect();
+        let found: Vec<&(Partition, Vec<NodeId>, NodeId)> = findings
+            .found
+            .iter()
+            .filter(|(partition, set, _)| unchanged(partition) && !checked.honours(*partition, set))
+            .collect();
+        if settled.is_empty() && vouched.is_empty() && found.is_empty() {
             return None;
         }
         let mut settling = (*self.current.settling).clone();
+        let mut sources = (*self.current.sources).clone();
         for partition in settled {
             settling.remove(&partition);
         }
-        for (partition, set) in found {
+        for (partition, set) in vouched {
+            if let Some(sets) = settling.get_mut(partition) {
+                sets.retain(|known| !same_owners(known, set));
+            }
+        }
+        for (partition, set, from) in found {
             let sets = settling.entry(*partition).or_default();
             if !sets.iter().any(|known| same_owners(known, set)) {
                 sets.push(set.clone());
             }
+            let learned = sources.entry(*partition).or_default();
+            match learned.iter_mut().find(|(known, _)| same_owners(known, set)) {
+                Some((_, nodes)) if !nodes.contains(from) => nodes.push(*from),
+                Some(_) => {}
+                None => learned.push((set.clone(), vec![*from])),
+            }
         }
-        self.current = Arc::new(Placement { settling: Arc::new(settling), ..(*self.current).clone() });
+        settling.retain(|_, sets| !sets.is_empty());
+        let sources = kept_sources(&sources, &settling);
+        self.current =
+            Arc::new(Placement { settling: Arc::new(settling), sources: Arc::new(sources), ..(*self.current).clone() });
         Some(self.current.clone())
     }
 
@@ -427,17 +508,14 @@ impl PlacementTracker {
                 (None, false) => Settling::new(),
             };
             self.members = members;
-            self.current = Arc::new(Placement::new(self.this, self.quorum, ring, Arc::new(settling), known));
+            let sources = kept_sources(&self.current.sources, &settling);
+            let placement = Placement::new(self.this, self.quorum, ring, Arc::new(settling), known);
+            self.current = Arc::new(Placement { sources: Arc::new(sources), ..placement });
             return Some(self.current.clone());
         }
         if known != self.current.members_known {
-            self.current = Arc::new(Placement::new(
-                self.this,
-                self.quorum,
-                self.current.ring().clone(),
-                self.current.settling.clone(),
-                known,
-            ));
+            let members_known = known.max(self.current.ring().members().len()).max(1);
+            self.current = Arc::new(Placement { members_known, ..(*self.current).clone() });
             return Some(self.current.clone());
         }
         None
@@ -473,6 +551,21 @@ impl PlacementTracker {
             }
         }
     }
+}
+
+/// The sources of the learned sets still in `settling`: a set that became current again, or
+/// settled, leaves none behind.
+fn kept_sources(sources: &Sources, settling: &Settling) -> Sources {
+    let mut kept = Sources::new();
+    for (partition, learned) in sources {
+        let Some(sets) = settling.get(partition) else { continue };
+        let still: Vec<_> =
+            learned.iter().filter(|(set, _)| sets.iter().any(|s| same_owners(s, set))).cloned().collect();
+        if !still.is_empty() {
+            kept.insert(*partition, still);
+        }
+    }
+    kept
 }
 
 /// The settling partitions after the ring becomes `ring`: every partition whose owners
@@ -528,6 +621,10 @@ mod tests {
 
     fn views(alive: std::ops::RangeInclusive<u128>) -> Vec<MemberView> {
         alive.map(|i| view(i, MemberState::Alive)).collect()
+    }
+
+    fn settled(partition: Partition) -> Findings {
+        Findings { settled: vec![partition], ..Findings::default() }
     }
 
     /// A tracker of a node that has joined its cluster.
@@ -599,18 +696,25 @@ mod tests {
         gone.push(view(4, MemberState::Left));
         tracker.update(3_600_001, &gone).expect("the fourth is gone");
         assert!(
-            tracker.confirm(&grown, &[partition], &[]).is_none(),
+            tracker.confirm(&grown, &settled(partition)).is_none(),
             "evidence from an older placement counts for nothing"
         );
         let regrown = tracker.update(3_600_002, &views(1..=4)).expect("and back");
-        let settled = tracker.confirm(&regrown, &[partition], &[]).expect("confirmed under the placement in force");
+        let settled = tracker.confirm(&regrown, &settled(partition)).expect("confirmed under the placement in force");
         assert_eq!(settled.owner_sets(&moved).len(), 1);
         assert_eq!(settled.ring().members(), regrown.ring().members());
         // Another node's view places the partition elsewhere: that set is honoured too.
         let elsewhere = vec![NodeId(id(2)), NodeId(id(3)), NodeId(id(9))];
-        let widened = tracker.confirm(&settled, &[], &[(partition, elsewhere.clone())]);
-        let widened = widened.expect("a set found in another view");
+        let from = NodeId(id(2));
+        let found = Findings { found: vec![(partition, elsewhere.clone(), from)], ..Findings::default() };
+        let widened = tracker.confirm(&settled, &found).expect("a set found in another view");
         assert!(widened.owner_sets(&moved).iter().any(|set| same_owners(set, &elsewhere)));
+        assert_eq!(widened.learned_from(partition, &elsewhere), &[from]);
+        // The node it was learned from settles the partition onto the same owners: covered.
+        let vouched = Findings { vouched: vec![(partition, elsewhere.clone())], ..Findings::default() };
+        let narrowed = tracker.confirm(&widened, &vouched).expect("a vouched set is dropped");
+        assert_eq!(narrowed.owner_sets(&moved).len(), 1);
+        assert!(narrowed.learned_from(partition, &elsewhere).is_empty());
     }
 
     #[test]
@@ -619,12 +723,32 @@ mod tests {
         let (placement, p, old, now) = settling(&[1, 2, 3], &[1, 2, 4]);
         let common: Vec<NodeId> = old.iter().filter(|n| now.contains(n)).copied().collect();
         assert!(common.len() >= 2, "the test ring keeps two owners: {old:?} {now:?}");
-        assert!(placement.settled_by(p, &[(common[0], 9), (common[1], 9)]));
-        assert!(!placement.settled_by(p, &[(common[0], 9), (common[1], 8)]), "owners that differ prove nothing");
+        assert!(placement.settled_by(p, &[(common[0], 9), (common[1], 9)], &[]));
+        assert!(!placement.settled_by(p, &[(common[0], 9), (common[1], 8)], &[]), "owners that differ prove nothing");
         // Only one previous owner in the group: a write acknowledged by the two others is missed.
         let newcomer = *now.iter().find(|n| !old.contains(n)).expect("a new owner");
-        assert!(!placement.settled_by(p, &[(common[0], 9), (newcomer, 9)]));
-        assert!(placement.settled_by(p, &[(common[0], 9), (common[1], 9), (newcomer, 3)]));
+        assert!(!placement.settled_by(p, &[(common[0], 9), (newcomer, 9)], &[]));
+        assert!(placement.settled_by(p, &[(common[0], 9), (common[1], 9), (newcomer, 3)], &[]));
+    }
+
+    #[test]
+    fn owners_linked_by_completed_exchanges_settle_a_partition_whose_digests_never_meet() {
+        // Written without pause: no two owners ever show one digest.
+        let (placement, p, old, now) = settling(&[1, 2, 3], &[1, 2, 4]);
+        let digests: Vec<(NodeId, u64)> = old.iter().chain(&now).enumerate().map(|(i, n)| (*n, i as u64)).collect();
+        assert!(!placement.settled_by(p, &digests, &[]));
+        let common: Vec<NodeId> = old.iter().filter(|n| now.contains(n)).copied().collect();
+        assert!(placement.settled_by(p, &digests, &[(common[1], common[0])]), "either side's exchange counts");
+        let newcomer = *now.iter().find(|n| !old.contains(n)).expect("a new owner");
+        assert!(!placement.settled_by(p, &digests, &[(newcomer, common[0])]));
+
+        // Every owner replaced: two new owners must each be linked to the same two old ones.
+        let (placement, p, old, now) = settling(&[1, 2, 3], &[4, 5, 6]);
+        let (a, b) = (now[0], now[1]);
+        let crossed = [(a, old[0]), (a, old[1]), (b, old[2])];
+        assert!(!placement.settled_by(p, &[], &crossed), "a write on old[0] and old[1] never reached b");
+        let covered = [(a, old[0]), (a, old[1]), (old[0], b), (b, old[1])];
+        assert!(placement.settled_by(p, &[], &covered));
     }
 
     #[test]
@@ -633,7 +757,7 @@ mod tests {
         let (placement, p, old, now) = settling(&[4, 5, 1], &[1, 2, 3]);
         let digests: Vec<(NodeId, u64)> = now.iter().map(|n| (*n, 1)).collect();
         assert!(old.iter().filter(|n| digests.iter().any(|(d, _)| d == *n)).count() < 2);
-        assert!(!placement.settled_by(p, &digests));
+        assert!(!placement.settled_by(p, &digests, &[]));
         let reads = placement.quorum_sets(&[0], 2);
         assert!(reads.iter().all(|(set, need)| *need <= set.len()));
     }
@@ -721,7 +845,7 @@ mod tests {
     }
 
     #[test]
-    fn a_forming_cluster_needs_only_what_the_previous_smaller_ring_had() {
+    fn a_forming_cluster_settles_once_every_member_holds_what_the_smaller_ring_had() {
         let mut tracker = tracker(ClusterMemory::default());
         tracker.update(0, &views(1..=1));
         let grown = tracker.update(10, &views(1..=2)).expect("a second member");
@@ -730,8 +854,22 @@ mod tests {
                 assert!(need <= set.len(), "every set can reach its quorum: {set:?} needs {need}");
             }
         }
-        // The first member alone held everything, so its digest alone settles a partition.
+        // The first member alone held everything, but both must hold it before the partition
+        // settles: each is then enough, should the other be lost later.
         let p = partition_of(&0u32.to_le_bytes());
-        assert!(grown.settled_by(p, &[(NodeId(id(1)), 5)]));
+        assert!(!grown.settled_by(p, &[(NodeId(id(1)), 5)], &[]));
+        assert!(grown.settled_by(p, &[(NodeId(id(1)), 5), (NodeId(id(2)), 5)], &[]));
+        let later = Placement::new(
+            NodeId(id(1)),
+            Quorum::DEFAULT,
+            Ring::new(
+                (1..=3).map(|i| RingMember { node_id: id(i), zone: "z".into(), capacity_bytes: 1 << 40 }).collect(),
+                3,
+            ),
+            Arc::new(Settling::from([(p, vec![vec![NodeId(id(1)), NodeId(id(2))]])])),
+            3,
+        );
+        let linked = [(NodeId(id(1)), NodeId(id(3)))];
+        assert!(later.settled_by(p, &[], &linked), "the two-member set settles on one of its members");
     }
 }

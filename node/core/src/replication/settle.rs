@@ -1,9 +1,11 @@
 //! The evidence that ends a partition's transition (docs/ARCHITECTURE.md §5), as an [`Op`]:
 //! every previous and current owner of the settling partitions is asked for one durable
-//! digest per partition it is concerned with; a partition has settled when a group of owners
-//! with one identical digest covers the previous owners' write quorums and the current
-//! owners' read quorums ([`Placement::settled_by`]). Anti-entropy between those owners is
-//! what makes their digests meet; this only looks.
+//! digest per partition it is concerned with, and for the owners it completed anti-entropy
+//! exchanges of them with since they began settling. A partition has settled when enough
+//! current owners are linked, by one of the two, to enough previous owners
+//! ([`Placement::settled_by`]). Anti-entropy between those owners is what makes them hold the
+//! same; this only looks. Identical digests settle a quiet partition within a look; one
+//! written without pause never shows them, and settles on completed exchanges instead.
 //!
 //! Every other node asked also says which owner sets its own placement honours for those
 //! partitions. A current set there that this node does not honour (a view that changed
@@ -18,8 +20,8 @@ use shoal_membership::Partition;
 use shoal_storage::NodeId;
 
 use super::digests::PartitionSet;
-use super::messages::{Reply, Request, RpcError, SyncRpc};
-use super::placement::{Placement, same_owners};
+use super::messages::{PartitionOwners, Reply, Request, RpcError, SyncRpc};
+use super::placement::{Findings, Placement, same_owners};
 use super::quorum::{Op, Outgoing};
 
 /// What one look found.
@@ -29,17 +31,15 @@ pub struct SettleReport {
     pub placement: Arc<Placement>,
     /// Partitions looked at.
     pub checked: usize,
-    /// Those the evidence showed settled.
-    pub settled: Vec<Partition>,
-    /// Owner sets other nodes' placements honour that this one does not.
-    pub found: Vec<(Partition, Vec<NodeId>)>,
+    /// What the look found.
+    pub findings: Findings,
 }
 
 /// What a token asked.
 #[derive(Debug)]
 enum Asked {
     Digests(NodeId, Vec<Partition>),
-    Sets(Vec<Partition>),
+    Sets(NodeId, Vec<Partition>),
 }
 
 /// Asks the owners of settling partitions for their digests.
@@ -50,15 +50,33 @@ pub struct SettleCheck {
     /// Per token: what was asked, about which partitions (in the order of the answer).
     asked: HashMap<u64, Asked>,
     digests: BTreeMap<Partition, Vec<(NodeId, u64)>>,
+    /// Per partition, pairs of owners one of which completed an exchange with the other
+    /// since the partition began settling.
+    synced: BTreeMap<Partition, Vec<(NodeId, NodeId)>>,
+    /// When the questions went out.
+    now_us: u64,
+    /// Since when each partition has been settling with its present owner sets.
+    since_us: BTreeMap<Partition, u64>,
     /// Owner sets other nodes honour that this placement does not.
     found: FoundSets,
+    /// Per partition, the nodes that honour only its current owners, the same as here.
+    settled_at: BTreeMap<Partition, Vec<NodeId>>,
     checked: usize,
     reported: bool,
 }
 
 impl SettleCheck {
-    /// A look at up to `max` settling partitions of `placement` (the first ones in order).
-    pub fn new(placement: Arc<Placement>, max: usize) -> SettleCheck {
+    /// A look, at `now_us`, at up to `max` settling partitions of `placement` (the first ones
+    /// in order). `since_us` says since when each has been settling with its present owner
+    /// sets (on this node's clock): only an exchange started since then is evidence.
+    /// `exchanges` are this node's own, as it would answer [`SyncRpc::OwnerSets`].
+    pub fn new(
+        placement: Arc<Placement>,
+        max: usize,
+        now_us: u64,
+        since_us: BTreeMap<Partition, u64>,
+        exchanges: &BTreeMap<Partition, Vec<(NodeId, u64)>>,
+    ) -> SettleCheck {
         let mut per_node: BTreeMap<NodeId, Vec<Partition>> = BTreeMap::new();
         let mut checked = 0;
         for partition in placement.settling().keys().take(max) {
@@ -66,6 +84,14 @@ impl SettleCheck {
             let mut concerned = placement.co_owners(*partition);
             if placement.keeps(placement.this(), *partition) {
                 concerned.push(placement.this());
+            }
+            // The nodes its learned sets came from may say they have settled it.
+            for set in placement.partition_sets(*partition).iter().skip(1) {
+                for node in placement.learned_from(*partition, set) {
+                    if !concerned.contains(node) {
+                        concerned.push(*node);
+                    }
+                }
             }
             for node in concerned {
                 per_node.entry(node).or_default().push(*partition);
@@ -76,11 +102,18 @@ impl SettleCheck {
             queue: Vec::new(),
             asked: HashMap::new(),
             digests: BTreeMap::new(),
+            synced: BTreeMap::new(),
+            now_us,
+            since_us,
             found: FoundSets::default(),
+            settled_at: BTreeMap::new(),
             checked,
             reported: false,
         };
         let this = check.placement.this();
+        for (partition, exchanges) in exchanges {
+            check.linked(this, *partition, exchanges);
+        }
         let mut token = 0;
         for (node, mut partitions) in per_node {
             let set = PartitionSet::of(partitions.iter().copied());
@@ -91,13 +124,28 @@ impl SettleCheck {
             check.asked.insert(token, Asked::Digests(node, partitions.clone()));
             token += 1;
             if node != this {
-                let request = Request::Sync(SyncRpc::OwnerSets { partitions: set });
+                let request = Request::Sync(SyncRpc::OwnerSets { partitions: set, exchanges: true });
                 check.queue.push(Outgoing { token, to: node, request });
-                check.asked.insert(token, Asked::Sets(partitions));
+                check.asked.insert(token, Asked::Sets(node, partitions));
                 token += 1;
             }
         }
         check
+    }
+}
+
+impl SettleCheck {
+    /// Takes in the exchanges `node` says it completed of `partition`: those that started
+    /// since the partition began settling here link `node` with their peer. The age was
+    /// measured when `node` answered, which is after the questions went out, so counting
+    /// it back from then dates each exchange no later than it really started.
+    fn linked(&mut self, node: NodeId, partition: Partition, exchanges: &[(NodeId, u64)]) {
+        let Some(since) = self.since_us.get(&partition) else { return };
+        let recent = exchanges.iter().filter(|(_, age)| self.now_us.saturating_sub(*age) >= *since);
+        let pairs: Vec<(NodeId, NodeId)> = recent.map(|(peer, _)| (node, *peer)).collect();
+        if !pairs.is_empty() {
+            self.synced.entry(partition).or_default().extend(pairs);
+        }
     }
 }
 
@@ -118,12 +166,19 @@ impl Op for SettleCheck {
                     self.digests.entry(partition).or_default().push((node, digest));
                 }
             }
-            (Some(Asked::Sets(partitions)), Ok(Reply::OwnerSets(sets))) if sets.len() == partitions.len() => {
-                // Only the sets peers write to now: their previous sets are covered by their
-                // own evidence, and adopting them would hand a settled partition back and forth.
-                for (partition, mut sets) in partitions.into_iter().zip(sets) {
+            (Some(Asked::Sets(node, partitions)), Ok(Reply::OwnerSets(owners))) if owners.len() == partitions.len() => {
+                for (partition, PartitionOwners { mut sets, exchanges }) in partitions.into_iter().zip(owners) {
+                    self.linked(node, partition, &exchanges);
+                    if let [only] = sets.as_slice()
+                        && same_owners(only, &self.placement.owners(partition))
+                    {
+                        self.settled_at.entry(partition).or_default().push(node);
+                    }
+                    // Only the sets peers write to now: their previous sets are covered by
+                    // their own evidence, and adopting them would hand a settled partition
+                    // back and forth.
                     sets.truncate(1);
-                    self.found.add(&self.placement, partition, sets);
+                    self.found.add(&self.placement, partition, sets, node);
                 }
             }
             _ => {}
@@ -135,16 +190,27 @@ impl Op for SettleCheck {
             return None;
         }
         self.reported = true;
-        let settled = self
-            .digests
-            .iter()
-            .filter(|(partition, digests)| {
-                !self.found.0.contains_key(partition) && self.placement.settled_by(**partition, digests)
-            })
-            .map(|(partition, _)| *partition)
-            .collect();
-        let found = std::mem::take(&mut self.found).into_list();
-        Some(SettleReport { placement: self.placement.clone(), checked: self.checked, settled, found })
+        let mut findings = Findings::default();
+        for (partition, previous) in self.placement.settling().iter().take(self.checked) {
+            // Sets learned from a node that has since settled the partition onto the same
+            // owners are covered by that node's evidence; the rest need this look's.
+            let settled_at = self.settled_at.get(partition).map_or(&[][..], Vec::as_slice);
+            let (vouched, rest): (Vec<&Vec<NodeId>>, Vec<&Vec<NodeId>>) = previous.iter().partition(|set| {
+                self.placement.learned_from(*partition, set).iter().any(|from| settled_at.contains(from))
+            });
+            let rest: Vec<Vec<NodeId>> = rest.into_iter().cloned().collect();
+            let digests = self.digests.get(partition).map_or(&[][..], Vec::as_slice);
+            let synced = self.synced.get(partition).map_or(&[][..], Vec::as_slice);
+            if self.found.0.contains_key(partition) {
+                // Another view's current set: nothing settles before evidence covers it too.
+            } else if rest.is_empty() || self.placement.covers(*partition, &rest, digests, synced) {
+                findings.settled.push(*partition);
+                continue;
+            }
+            findings.vouched.extend(vouched.into_iter().map(|set| (*partition, set.clone())));
+        }
+        findings.found = std::mem::take(&mut self.found).into_list();
+        Some(SettleReport { placement: self.placement.clone(), checked: self.checked, findings })
     }
 
     fn is_finished(&self) -> bool {
@@ -152,27 +218,35 @@ impl Op for SettleCheck {
     }
 }
 
-/// Owner sets peers honour that a placement does not, by partition.
+/// Owner sets peers honour that a placement does not, by partition, with the peers that
+/// honour each.
 #[derive(Debug, Default)]
-struct FoundSets(BTreeMap<Partition, Vec<Vec<NodeId>>>);
+struct FoundSets(BTreeMap<Partition, Vec<(Vec<NodeId>, Vec<NodeId>)>>);
 
 impl FoundSets {
-    /// Keeps those of a peer's `sets` for `partition` that are plausible and new.
-    fn add(&mut self, placement: &Placement, partition: Partition, sets: Vec<Vec<NodeId>>) {
+    /// Keeps those of `peer`'s `sets` for `partition` that are plausible and new.
+    fn add(&mut self, placement: &Placement, partition: Partition, sets: Vec<Vec<NodeId>>, peer: NodeId) {
         let n = placement.quorum().n;
         for set in sets.into_iter().filter(|set| plausible(set, n)) {
             if placement.honours(partition, &set) {
                 continue;
             }
-            let known = self.0.get(&partition).is_some_and(|known| known.iter().any(|s| same_owners(s, &set)));
-            if !known {
-                self.0.entry(partition).or_default().push(set);
+            let found = self.0.entry(partition).or_default();
+            match found.iter_mut().find(|(known, _)| same_owners(known, &set)) {
+                Some((_, peers)) => peers.push(peer),
+                None => found.push((set, vec![peer])),
             }
         }
     }
 
-    fn into_list(self) -> Vec<(Partition, Vec<NodeId>)> {
-        self.0.into_iter().flat_map(|(partition, sets)| sets.into_iter().map(move |set| (partition, set))).collect()
+    fn into_list(self) -> Vec<(Partition, Vec<NodeId>, NodeId)> {
+        let mut list = Vec::new();
+        for (partition, sets) in self.0 {
+            for (set, peers) in sets {
+                list.extend(peers.into_iter().map(|peer| (partition, set.clone(), peer)));
+            }
+        }
+        list
     }
 }
 
@@ -188,8 +262,8 @@ pub struct LearnReport {
     pub placement: Arc<Placement>,
     /// Members that answered (this node not counted).
     pub answered: usize,
-    /// Owner sets their placements honour that this one does not.
-    pub found: Vec<(Partition, Vec<NodeId>)>,
+    /// Owner sets their placements honour that this one does not, with who honours each.
+    pub found: Vec<(Partition, Vec<NodeId>, NodeId)>,
 }
 
 /// Asks other members which owner sets their placements honour, for every partition: what a
@@ -198,6 +272,8 @@ pub struct LearnReport {
 #[derive(Debug)]
 pub struct LearnSets {
     placement: Arc<Placement>,
+    /// The peer asked under each token.
+    peers: Vec<NodeId>,
     queue: Vec<Outgoing>,
     waiting: usize,
     answered: usize,
@@ -215,10 +291,18 @@ impl LearnSets {
             .map(|(token, peer)| Outgoing {
                 token: token as u64,
                 to: *peer,
-                request: Request::Sync(SyncRpc::OwnerSets { partitions: all.clone() }),
+                request: Request::Sync(SyncRpc::OwnerSets { partitions: all.clone(), exchanges: false }),
             })
             .collect();
-        LearnSets { placement, waiting: queue.len(), queue, answered: 0, found: FoundSets::default(), reported: false }
+        LearnSets {
+            placement,
+            peers: peers.to_vec(),
+            waiting: queue.len(),
+            queue,
+            answered: 0,
+            found: FoundSets::default(),
+            reported: false,
+        }
     }
 }
 
@@ -229,15 +313,16 @@ impl Op for LearnSets {
         self.queue.pop()
     }
 
-    fn handle_reply(&mut self, _now_us: u64, _token: u64, reply: Result<Reply, RpcError>) {
+    fn handle_reply(&mut self, _now_us: u64, token: u64, reply: Result<Reply, RpcError>) {
         self.waiting = self.waiting.saturating_sub(1);
+        let Some(from) = usize::try_from(token).ok().and_then(|token| self.peers.get(token).copied()) else { return };
         let Ok(Reply::OwnerSets(sets)) = reply else { return };
         if sets.len() != shoal_membership::PARTITIONS {
             return;
         }
         self.answered += 1;
-        for (partition, sets) in Partition::all().zip(sets) {
-            self.found.add(&self.placement, partition, sets);
+        for (partition, owners) in Partition::all().zip(sets) {
+            self.found.add(&self.placement, partition, owners.sets, from);
         }
     }
 

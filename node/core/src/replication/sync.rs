@@ -53,6 +53,10 @@ pub struct SyncReport {
     pub blocks_pushed: u64,
     /// Why the exchange stopped early, if it did (what was repaired before stays repaired).
     pub failure: Option<String>,
+    /// Whether each side ended holding everything either held when asked: no failure, no
+    /// block gone missing meanwhile, no leaf compared in part. Only a complete exchange is
+    /// evidence for a settling partition (docs/ARCHITECTURE.md §5).
+    pub complete: bool,
 }
 
 /// A question put to both sides, waiting for both answers.
@@ -121,7 +125,7 @@ pub struct SyncSession {
 impl SyncSession {
     /// An exchange between `this` and `peer` over `partitions`.
     pub fn new(this: NodeId, peer: NodeId, partitions: PartitionSet) -> SyncSession {
-        let report = SyncReport { peer, partitions: partitions.len(), ..SyncReport::default() };
+        let report = SyncReport { peer, partitions: partitions.len(), complete: true, ..SyncReport::default() };
         let mut session = SyncSession {
             this,
             peer,
@@ -226,6 +230,7 @@ impl SyncSession {
     fn finish(&mut self, failure: Option<String>) {
         if !self.done {
             self.done = true;
+            self.report.complete &= failure.is_none();
             self.report.failure = failure;
             self.outcome = Some(self.report.clone());
             // Nothing more is sent; answers still due are ignored.
@@ -298,6 +303,10 @@ impl SyncSession {
         if (mine.len() >= full || theirs.len() >= full) && prefix.bits() + FANOUT_BITS <= 64 {
             self.frontier.entry(kind).or_default().push(prefix);
             return;
+        }
+        if mine.len() >= full || theirs.len() >= full {
+            // A full page at the deepest prefix: what lies past it is not compared.
+            self.report.complete = false;
         }
         let mine: HashMap<EntryKey, u64> = mine.into_iter().collect();
         let theirs: HashMap<EntryKey, u64> = theirs.into_iter().collect();
@@ -379,6 +388,7 @@ impl SyncSession {
             (Single::GetBlock { .. }, Ok(Reply::Block(None))) => {
                 // Gone or corrupt since it was listed: nothing to copy; the next exchange sees.
                 self.blocks_in_flight -= 1;
+                self.report.complete = false;
             }
             (Single::PutBlock { pulled }, Ok(Reply::Durable)) => {
                 self.blocks_in_flight -= 1;
