@@ -63,7 +63,16 @@ pub(crate) struct SyncState {
     exchanges: BTreeMap<Partition, BTreeMap<NodeId, u64>>,
     /// Per settling partition: its owner sets, and since when (µs) it has had them.
     settling_since: BTreeMap<Partition, (Vec<Vec<NodeId>>, u64)>,
+    /// Looks in a row that changed nothing, since the placement last moved: each doubles
+    /// the wait before the next (up to [`SETTLE_BACKOFF_MAX`] doublings), so a transition
+    /// that cannot end yet (owners away, views apart) costs little.
+    settle_idle: u32,
+    /// No look starts before this time (µs).
+    settle_not_before_us: u64,
 }
+
+/// Doublings of the wait between two looks that found nothing.
+const SETTLE_BACKOFF_MAX: u32 = 3;
 
 impl<S: Store> NodeCore<S> {
     /// The schedule's tick: starts the next exchange if none runs.
@@ -193,11 +202,13 @@ impl<S: Store> NodeCore<S> {
     pub(crate) fn settle_tick(&mut self, now_us: u64) {
         self.arm(now_us.saturating_add(micros(self.config.settle_interval)), Timer::SettleTick);
         let placement = self.view.placement();
-        if self.view.is_ready() && placement.in_transition() && !self.sync.settle_running {
+        let due = now_us >= self.sync.settle_not_before_us;
+        if self.view.is_ready() && placement.in_transition() && !self.sync.settle_running && due {
             self.sync.settle_running = true;
             let since = self.sync.settling_since.iter().map(|(partition, (_, since))| (*partition, *since)).collect();
             let exchanges = self.exchanges_of(now_us, placement.settling().keys().copied());
-            let check = SettleCheck::new(placement, PARTITIONS, now_us, since, &exchanges);
+            let members = self.view.members();
+            let check = SettleCheck::new(placement, &members, PARTITIONS, now_us, since, &exchanges);
             self.start_op(now_us, Purpose::Settle, AnyOp::Settle(check));
         }
     }
@@ -206,6 +217,13 @@ impl<S: Store> NodeCore<S> {
         let AnyOutput::Settle(report) = outcome else { panic!("a settle check answers with its report") };
         self.sync.settle_running = false;
         let findings = &report.findings;
+        if findings.is_empty() {
+            self.sync.settle_idle = (self.sync.settle_idle + 1).min(SETTLE_BACKOFF_MAX);
+            let wait = micros(self.config.settle_interval) << self.sync.settle_idle;
+            self.sync.settle_not_before_us = now_us.saturating_add(wait);
+        } else {
+            self.sync.settle_idle = 0;
+        }
         let (settled, vouched, found) = (findings.settled.len(), findings.vouched.len(), findings.found.len());
         tracing::debug!(checked = report.checked, settled, vouched, found, "looked for settled partitions");
         if !findings.is_empty() {
@@ -250,6 +268,8 @@ impl<S: Store> NodeCore<S> {
     /// exchanges of partitions this node no longer keeps.
     pub(crate) fn placement_moved(&mut self, now_us: u64, placement: &Placement) {
         let settling = placement.settling();
+        self.sync.settle_idle = 0;
+        self.sync.settle_not_before_us = 0;
         self.sync.settling_since.retain(|partition, _| settling.contains_key(partition));
         for partition in settling.keys() {
             let sets = placement.partition_sets(*partition);

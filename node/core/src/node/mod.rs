@@ -325,7 +325,8 @@ impl<S: Store> NodeCore<S> {
                         exchanges: done.remove(&partition).unwrap_or_default(),
                     })
                     .collect();
-                self.out.peer_replies.push_back(PeerReply { id, reply: Reply::OwnerSets(owners) });
+                let coordinating = self.view.for_client().is_ok();
+                self.out.peer_replies.push_back(PeerReply { id, reply: Reply::OwnerSets { coordinating, owners } });
             }
             request => self.queue_job(StoreWork::Serve(request), JobPurpose::Peer(id)),
         }

@@ -32,6 +32,8 @@ pub(crate) struct ViewState {
     views: Vec<MemberView>,
     /// What was last reported through [`Event::KnownMembers`].
     saved: ClusterMemory,
+    /// The tracker's revision `saved` was taken at.
+    saved_revision: u64,
 }
 
 impl ViewState {
@@ -48,6 +50,7 @@ impl ViewState {
             tracker.joined();
         }
         let saved = tracker.memory();
+        let tracker_revision = tracker.revision();
         // The first node of a cluster has nothing to learn; any other learns first.
         let alone = !has_seeds && saved.members.iter().all(|member| member.node_id == this.0);
         ViewState {
@@ -59,6 +62,7 @@ impl ViewState {
             tracker,
             ready: !has_seeds,
             views: Vec::new(),
+            saved_revision: tracker_revision,
             saved,
         }
     }
@@ -69,6 +73,11 @@ impl ViewState {
 
     pub(crate) fn is_ready(&self) -> bool {
         self.ready
+    }
+
+    /// Every member this node knows a route to (itself included).
+    pub(crate) fn members(&self) -> Vec<NodeId> {
+        self.routes.keys().copied().collect()
     }
 
     pub(crate) fn rpc_addr(&self, node: NodeId) -> Option<SocketAddr> {
@@ -180,11 +189,14 @@ impl<S: Store> NodeCore<S> {
     /// Reports what the tracker remembers if it changed, and takes a new placement in.
     fn placement_updated(&mut self, now_us: u64, changed: Option<Arc<Placement>>) {
         let view = &mut self.view;
-        let memory = view.tracker.memory();
-        if memory != view.saved {
-            view.routes = routes_of(&memory.members);
-            view.saved = memory.clone();
-            self.out.events.push_back(Event::KnownMembers(memory));
+        if view.tracker.revision() != view.saved_revision {
+            view.saved_revision = view.tracker.revision();
+            let memory = view.tracker.memory();
+            if memory != view.saved {
+                view.routes = routes_of(&memory.members);
+                view.saved = memory.clone();
+                self.out.events.push_back(Event::KnownMembers(memory));
+            }
         }
         let Some(placement) = changed else { return };
         if placement.ring().members() != view.placement.ring().members() {

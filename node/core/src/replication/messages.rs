@@ -226,9 +226,14 @@ pub enum Reply {
     /// The answer to [`SyncRpc::Partitions`]: per partition asked, in order, one short digest
     /// over every kind.
     PartitionDigests(Vec<u64>),
-    /// The answer to [`SyncRpc::OwnerSets`]: per partition asked, in order, what the
-    /// answering node's placement says of it.
-    OwnerSets(Vec<PartitionOwners>),
+    /// The answer to [`SyncRpc::OwnerSets`].
+    OwnerSets {
+        /// Whether the answering node coordinates reads and writes now (a node that does
+        /// not, cut off from the majority or still learning, writes nowhere).
+        coordinating: bool,
+        /// Per partition asked, in order, what its placement says of it.
+        owners: Vec<PartitionOwners>,
+    },
 }
 
 /// What one node's placement honours for one partition, and what it knows of its transition.

@@ -202,7 +202,9 @@ impl Placement {
 
     /// Whether `set` is one of the owner sets this placement honours for `partition`.
     pub fn honours(&self, partition: Partition, set: &[NodeId]) -> bool {
-        self.partition_sets(partition).iter().any(|known| same_owners(known, set))
+        let mut current = self.current.owners(partition);
+        (current.len() == set.len() && current.all(|member| set.contains(&NodeId(member.node_id))))
+            || self.settling.get(&partition).into_iter().flatten().any(|known| same_owners(known, set))
     }
 
     /// Whether the evidence gathered on owners of a settling `partition` proves its change
@@ -319,6 +321,8 @@ pub struct PlacementTracker {
     /// joining never served a client, so they leave no previous sets behind; what others
     /// wrote meanwhile it learns from them.
     base: Option<Arc<Placement>>,
+    /// Counts the changes to what [`memory`](PlacementTracker::memory) returns.
+    revision: u64,
 }
 
 impl PlacementTracker {
@@ -345,6 +349,7 @@ impl PlacementTracker {
             sees_majority: false,
             joined: false,
             base: None,
+            revision: 0,
         };
         tracker.sees_majority = tracker.known.keys().all(|id| *id == this.0);
         let members = tracker.ring_members(now_ms);
@@ -379,6 +384,11 @@ impl PlacementTracker {
     /// The placement in force.
     pub fn placement(&self) -> Arc<Placement> {
         self.current.clone()
+    }
+
+    /// A number that changes whenever [`memory`](PlacementTracker::memory) may have.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// What to persist.
@@ -449,6 +459,7 @@ impl PlacementTracker {
         let sources = kept_sources(&sources, &settling);
         self.current =
             Arc::new(Placement { settling: Arc::new(settling), sources: Arc::new(sources), ..(*self.current).clone() });
+        self.revision += 1;
         Some(self.current.clone())
     }
 
@@ -511,11 +522,13 @@ impl PlacementTracker {
             let sources = kept_sources(&self.current.sources, &settling);
             let placement = Placement::new(self.this, self.quorum, ring, Arc::new(settling), known);
             self.current = Arc::new(Placement { sources: Arc::new(sources), ..placement });
+            self.revision += 1;
             return Some(self.current.clone());
         }
         if known != self.current.members_known {
             let members_known = known.max(self.current.ring().members().len()).max(1);
             self.current = Arc::new(Placement { members_known, ..(*self.current).clone() });
+            self.revision += 1;
             return Some(self.current.clone());
         }
         None
@@ -526,7 +539,9 @@ impl PlacementTracker {
             let Some(record) = &view.record else { continue };
             let id = view.identity.node_id;
             if view.state == MemberState::Left {
-                self.known.remove(&id);
+                if self.known.remove(&id).is_some() {
+                    self.revision += 1;
+                }
                 continue;
             }
             let member = KnownMember {
@@ -538,7 +553,10 @@ impl PlacementTracker {
             let present = matches!(view.state, MemberState::Alive | MemberState::Suspect | MemberState::Leaving);
             match self.known.get_mut(&id) {
                 Some(known) => {
-                    known.member = member;
+                    if known.member != member {
+                        known.member = member;
+                        self.revision += 1;
+                    }
                     if present {
                         known.present_ms = now_ms;
                     }
@@ -547,6 +565,7 @@ impl PlacementTracker {
                     // First seen down: its absence dates from when the view says it went down.
                     let present_ms = if present { now_ms } else { view.state_since_ms.min(now_ms) };
                     self.known.insert(id, Remembered { member, present_ms });
+                    self.revision += 1;
                 }
             }
         }

@@ -13,7 +13,7 @@
 //! reads and writes reach it until evidence covers it too. ([`LearnSets`], run when a node
 //! regains a majority, takes the peers' previous sets as well.)
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use shoal_membership::Partition;
@@ -42,6 +42,14 @@ enum Asked {
     Sets(NodeId, Vec<Partition>),
 }
 
+impl Asked {
+    fn node(&self) -> NodeId {
+        match self {
+            Asked::Digests(node, _) | Asked::Sets(node, _) => *node,
+        }
+    }
+}
+
 /// Asks the owners of settling partitions for their digests.
 #[derive(Debug)]
 pub struct SettleCheck {
@@ -61,6 +69,8 @@ pub struct SettleCheck {
     found: FoundSets,
     /// Per partition, the nodes that honour only its current owners, the same as here.
     settled_at: BTreeMap<Partition, Vec<NodeId>>,
+    /// Partitions some node's current owners differ for: none of them settles in this look.
+    diverged: BTreeSet<Partition>,
     checked: usize,
     reported: bool,
 }
@@ -69,9 +79,11 @@ impl SettleCheck {
     /// A look, at `now_us`, at up to `max` settling partitions of `placement` (the first ones
     /// in order). `since_us` says since when each has been settling with its present owner
     /// sets (on this node's clock): only an exchange started since then is evidence.
-    /// `exchanges` are this node's own, as it would answer [`SyncRpc::OwnerSets`].
+    /// `exchanges` are this node's own, as it would answer [`SyncRpc::OwnerSets`]. Every one
+    /// of `members` is asked where it sends reads and writes now.
     pub fn new(
         placement: Arc<Placement>,
+        members: &[NodeId],
         max: usize,
         now_us: u64,
         since_us: BTreeMap<Partition, u64>,
@@ -107,6 +119,7 @@ impl SettleCheck {
             since_us,
             found: FoundSets::default(),
             settled_at: BTreeMap::new(),
+            diverged: BTreeSet::new(),
             checked,
             reported: false,
         };
@@ -129,6 +142,18 @@ impl SettleCheck {
                 check.asked.insert(token, Asked::Sets(node, partitions));
                 token += 1;
             }
+        }
+        // Every other member may coordinate: where it writes now matters even if it owns nothing.
+        let all: Vec<Partition> = check.placement.settling().keys().take(max).copied().collect();
+        let asked: Vec<NodeId> = check.asked.values().map(Asked::node).collect();
+        for node in members.iter().filter(|node| **node != this && !asked.contains(node)) {
+            let request = Request::Sync(SyncRpc::OwnerSets {
+                partitions: PartitionSet::of(all.iter().copied()),
+                exchanges: false,
+            });
+            check.queue.push(Outgoing { token, to: *node, request });
+            check.asked.insert(token, Asked::Sets(*node, all.clone()));
+            token += 1;
         }
         check
     }
@@ -166,13 +191,21 @@ impl Op for SettleCheck {
                     self.digests.entry(partition).or_default().push((node, digest));
                 }
             }
-            (Some(Asked::Sets(node, partitions)), Ok(Reply::OwnerSets(owners))) if owners.len() == partitions.len() => {
+            (Some(Asked::Sets(node, partitions)), Ok(Reply::OwnerSets { coordinating, owners }))
+                if owners.len() == partitions.len() =>
+            {
                 for (partition, PartitionOwners { mut sets, exchanges }) in partitions.into_iter().zip(owners) {
                     self.linked(node, partition, &exchanges);
-                    if let [only] = sets.as_slice()
-                        && same_owners(only, &self.placement.owners(partition))
-                    {
-                        self.settled_at.entry(partition).or_default().push(node);
+                    let owners = self.placement.owners(partition);
+                    match sets.as_slice() {
+                        [only] if same_owners(only, &owners) => {
+                            self.settled_at.entry(partition).or_default().push(node)
+                        }
+                        // A node writing elsewhere now keeps writing there after any evidence.
+                        [current, ..] if coordinating && !same_owners(current, &owners) => {
+                            self.diverged.insert(partition);
+                        }
+                        _ => {}
                     }
                     // Only the sets peers write to now: their previous sets are covered by
                     // their own evidence, and adopting them would hand a settled partition
@@ -201,8 +234,8 @@ impl Op for SettleCheck {
             let rest: Vec<Vec<NodeId>> = rest.into_iter().cloned().collect();
             let digests = self.digests.get(partition).map_or(&[][..], Vec::as_slice);
             let synced = self.synced.get(partition).map_or(&[][..], Vec::as_slice);
-            if self.found.0.contains_key(partition) {
-                // Another view's current set: nothing settles before evidence covers it too.
+            if self.found.0.contains_key(partition) || self.diverged.contains(partition) {
+                // Another view writes elsewhere: nothing settles before the views agree.
             } else if rest.is_empty() || self.placement.covers(*partition, &rest, digests, synced) {
                 findings.settled.push(*partition);
                 continue;
@@ -316,7 +349,7 @@ impl Op for LearnSets {
     fn handle_reply(&mut self, _now_us: u64, token: u64, reply: Result<Reply, RpcError>) {
         self.waiting = self.waiting.saturating_sub(1);
         let Some(from) = usize::try_from(token).ok().and_then(|token| self.peers.get(token).copied()) else { return };
-        let Ok(Reply::OwnerSets(sets)) = reply else { return };
+        let Ok(Reply::OwnerSets { owners: sets, .. }) = reply else { return };
         if sets.len() != shoal_membership::PARTITIONS {
             return;
         }

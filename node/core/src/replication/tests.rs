@@ -416,9 +416,10 @@ fn after_a_join_exchanges_with_previous_owners_settle_every_moved_partition_and_
         .collect();
     let settling = Arc::new(settling);
     let placement = |n: &NodeId| Arc::new(Placement::new(*n, Quorum::DEFAULT, new_ring.clone(), settling.clone(), 4));
-    let before = h
-        .cluster
-        .run(0, SettleCheck::new(placement(&h.nodes[0]), usize::MAX, 0, Default::default(), &Default::default()));
+    let before = h.cluster.run(
+        0,
+        SettleCheck::new(placement(&h.nodes[0]), &h.nodes, usize::MAX, 0, Default::default(), &Default::default()),
+    );
     // Where the two owners that stay agree, they alone are the evidence: every write was on
     // one of them, every read meets one of them.
     assert_eq!(before.checked, settling.len());
@@ -435,9 +436,10 @@ fn after_a_join_exchanges_with_previous_owners_settle_every_moved_partition_and_
             }
         }
     }
-    let after = h
-        .cluster
-        .run(0, SettleCheck::new(placement(&h.nodes[0]), usize::MAX, 0, Default::default(), &Default::default()));
+    let after = h.cluster.run(
+        0,
+        SettleCheck::new(placement(&h.nodes[0]), &h.nodes, usize::MAX, 0, Default::default(), &Default::default()),
+    );
     assert_eq!(after.findings.settled.len(), settling.len(), "every moved partition settled");
     // The transition is over: only the new ring is asked, and it has everything.
     h.placements = h
