@@ -21,7 +21,7 @@ use shoal_storage::NodeId;
 
 use super::digests::PartitionSet;
 use super::messages::{PartitionOwners, Reply, Request, RpcError, SyncRpc};
-use super::placement::{Findings, Placement, same_owners};
+use super::placement::{Findings, Placement, Sources, same_owners};
 use super::quorum::{Op, Outgoing};
 
 /// What one look found.
@@ -254,7 +254,7 @@ impl Op for SettleCheck {
 /// Owner sets peers honour that a placement does not, by partition, with the peers that
 /// honour each.
 #[derive(Debug, Default)]
-struct FoundSets(BTreeMap<Partition, Vec<(Vec<NodeId>, Vec<NodeId>)>>);
+struct FoundSets(Sources);
 
 impl FoundSets {
     /// Keeps those of `peer`'s `sets` for `partition` that are plausible and new.
