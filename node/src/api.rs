@@ -90,6 +90,77 @@ pub struct Status {
     /// absent when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_coordinating: Option<String>,
+    /// This node's account of durability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<Durability>,
+    /// Every node's account added up (filled by `shoal status`, which asks each member; a
+    /// node's own `/v1/status` leaves it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_durability: Option<ClusterDurability>,
+}
+
+/// One node's account of durability (docs/ARCHITECTURE.md §7). A partition is counted by the
+/// first of its current owners that this node sees alive, so adding up every node's account
+/// counts each partition once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Durability {
+    /// Partitions this node answers for.
+    pub partitions: u64,
+    /// Of those, the ones whose N current owners anti-entropy confirmed recently to hold
+    /// the same.
+    pub full: u64,
+    /// The ones with fewer confirmed copies.
+    pub fewer: u64,
+    /// Partitions this node holds extra copies of (it no longer owns them), to hand over
+    /// and drop.
+    pub extra: u64,
+    /// Entries (records and blocks) found different and not yet repaired.
+    pub backlog_entries: u64,
+    /// Estimated bytes of that backlog (blocks at the configured block size).
+    pub backlog_bytes: u64,
+    /// Entries repaired since the node started.
+    pub repaired_entries: u64,
+    /// Block bytes copied by repair since the node started.
+    pub repaired_bytes: u64,
+    /// Entries repaired per second, over about the last minute.
+    pub rate_entries_per_sec: f64,
+    /// Block bytes copied per second, over about the last minute.
+    pub rate_bytes_per_sec: f64,
+    /// Seconds until the known backlog is repaired at that rate; absent when it cannot be
+    /// told (short of copies with nothing being repaired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_secs: Option<f64>,
+}
+
+/// Every node's account added up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterDurability {
+    /// The sum (the ETA is the longest of the nodes').
+    pub total: Durability,
+    /// Partitions no node that answered accounted for (no owner alive, or it did not answer).
+    pub unaccounted: u64,
+    /// Each member asked, by node id, with its account if it answered.
+    pub nodes: Vec<(String, Option<Durability>)>,
+}
+
+impl Durability {
+    /// Adds another node's account to this one.
+    pub fn add(&mut self, other: &Durability) {
+        self.partitions += other.partitions;
+        self.full += other.full;
+        self.fewer += other.fewer;
+        self.extra += other.extra;
+        self.backlog_entries += other.backlog_entries;
+        self.backlog_bytes += other.backlog_bytes;
+        self.repaired_entries += other.repaired_entries;
+        self.repaired_bytes += other.repaired_bytes;
+        self.rate_entries_per_sec += other.rate_entries_per_sec;
+        self.rate_bytes_per_sec += other.rate_bytes_per_sec;
+        self.eta_secs = match (self.eta_secs, other.eta_secs) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+    }
 }
 
 /// N, W and R.

@@ -250,7 +250,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rm { recursive, remote } => rm(&client()?, remote, *recursive, cli.json).await,
         Command::Status => {
-            let status = client()?.status().await.map_err(|err| explain(err, &cli.node))?;
+            let mut status = client()?.status().await.map_err(|err| explain(err, &cli.node))?;
+            status.cluster_durability = Some(crate::cluster_status::gather(&status).await);
             print_status(&status, cli.json)
         }
     }
@@ -406,11 +407,24 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
             status.settling_partitions
         );
     }
-    let header = ["NODE", "ADDRESS", "HTTP", "ZONE", "STATE", "RING", "GEN", "CAPACITY", "USED", "SINCE"];
-    let rows: Vec<[String; 10]> = status
+    let accounts = status.cluster_durability.as_ref();
+    if let Some(cluster) = accounts {
+        crate::cluster_status::print(cluster, r.n, human_bytes);
+    }
+    let account_of = |node_id: &str| {
+        let nodes = accounts.map(|cluster| cluster.nodes.as_slice()).unwrap_or_default();
+        match nodes.iter().find(|(id, _)| id == node_id).and_then(|(_, account)| account.as_ref()) {
+            Some(account) => (format!("{}/{}", account.full, account.partitions), account.backlog_entries.to_string()),
+            None => ("-".into(), "-".into()),
+        }
+    };
+    let header =
+        ["NODE", "ADDRESS", "HTTP", "ZONE", "STATE", "RING", "GEN", "CAPACITY", "USED", "SINCE", "FULL", "BACKLOG"];
+    let rows: Vec<[String; 12]> = status
         .members
         .iter()
         .map(|m| {
+            let (full, backlog) = account_of(&m.node_id);
             [
                 m.node_id.get(..8).unwrap_or(&m.node_id).to_string(),
                 m.cluster_addr.clone(),
@@ -422,6 +436,8 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
                 human_bytes(m.capacity_bytes),
                 human_bytes(m.disk_used_bytes),
                 human_duration(m.state_age_ms),
+                full,
+                backlog,
             ]
         })
         .collect();

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod cluster_status;
 pub mod config;
 pub mod dev;
 pub mod driver;

@@ -203,6 +203,11 @@ impl Cluster {
         self.lock().core.not_coordinating()
     }
 
+    /// This node's account of durability now.
+    pub fn durability(&self) -> shoal_core::node::Durability {
+        self.lock().core.durability(now_us())
+    }
+
     /// The placement in force (before this node joined too, for status).
     pub fn placement(&self) -> Arc<Placement> {
         self.lock().core.placement()

@@ -434,7 +434,25 @@ async fn status(State(state): State<AppState>) -> ApiResult<Json<api::Status>> {
         members,
         settling_partitions: placement.settling().len() as u64,
         not_coordinating: state.cluster.not_coordinating(),
+        durability: Some(durability_of(&state.cluster.durability())),
+        cluster_durability: None,
     }))
+}
+
+fn durability_of(account: &shoal_core::node::Durability) -> api::Durability {
+    api::Durability {
+        partitions: account.partitions,
+        full: account.full,
+        fewer: account.fewer,
+        extra: account.extra,
+        backlog_entries: account.backlog_entries,
+        backlog_bytes: account.backlog_bytes,
+        repaired_entries: account.repaired_entries,
+        repaired_bytes: account.repaired_bytes,
+        rate_entries_per_sec: account.rate_entries_per_sec,
+        rate_bytes_per_sec: account.rate_bytes_per_sec,
+        eta_secs: account.eta_secs(),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
@@ -446,6 +464,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     if let Some((views, stats)) = state.gossip.members().await {
         state.metrics.observe_gossip(stats, &views);
     }
+    state.metrics.observe_durability(&state.cluster.durability());
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     Ok((headers, state.metrics.encode()).into_response())

@@ -5,6 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// Labels of an HTTP request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,6 +57,19 @@ pub struct Metrics {
     pub copies_dropped: Counter,
     /// Writes answered as in doubt (no write quorum, but possibly applied somewhere).
     pub writes_in_doubt: Counter,
+    /// Partitions this node answers for by confirmed copies (`full`: N, `fewer`), and
+    /// partitions it holds extra copies of (`extra`); updated on every scrape.
+    pub partitions_copies: Family<StateLabels, Gauge>,
+    /// Entries found different and not yet repaired; updated on every scrape.
+    pub repair_backlog_entries: Gauge,
+    /// Estimated bytes of that backlog; updated on every scrape.
+    pub repair_backlog_bytes: Gauge,
+    /// Block bytes copied by repair per second, over about the last minute.
+    pub repair_rate_bytes: Gauge<f64, AtomicU64>,
+    /// Seconds until the known backlog is repaired at that rate (-1: cannot be told).
+    pub repair_eta_seconds: Gauge<f64, AtomicU64>,
+    /// Block bytes copied by anti-entropy.
+    pub repair_bytes: Counter,
     /// RPC connections closed because of what the peer sent, by reason.
     pub rpc_rejected: Family<DropLabels, Counter>,
     /// RPC connections accepted from peers.
@@ -122,6 +136,18 @@ impl Metrics {
                 self.sync_repairs.get_or_create(&RepairLabels { kind, direction }).inc_by(count);
             }
         }
+        self.repair_bytes.inc_by(report.block_bytes);
+    }
+
+    /// Brings the durability gauges up to date with the core's account.
+    pub fn observe_durability(&self, account: &shoal_core::node::Durability) {
+        for (state, count) in [("full", account.full), ("fewer", account.fewer), ("extra", account.extra)] {
+            self.partitions_copies.get_or_create(&StateLabels { state }).set(count as i64);
+        }
+        self.repair_backlog_entries.set(account.backlog_entries as i64);
+        self.repair_backlog_bytes.set(account.backlog_bytes as i64);
+        self.repair_rate_bytes.set(account.rate_bytes_per_sec);
+        self.repair_eta_seconds.set(account.eta_secs().unwrap_or(-1.0));
     }
 
     /// All metrics at zero, registered under the `shoal` prefix.
@@ -195,6 +221,38 @@ impl Metrics {
         );
         let members = Family::<StateLabels, Gauge>::default();
         registry.register("members", "Members by state in this node's view", members.clone());
+        let partitions_copies = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "partitions_copies",
+            "Partitions this node answers for with N confirmed copies (full) or fewer, and partitions it holds extra copies of",
+            partitions_copies.clone(),
+        );
+        let repair_backlog_entries = Gauge::default();
+        registry.register(
+            "repair_backlog_entries",
+            "Entries found different and not yet repaired",
+            repair_backlog_entries.clone(),
+        );
+        let repair_backlog_bytes = Gauge::default();
+        registry.register(
+            "repair_backlog_bytes",
+            "Estimated bytes of the repair backlog",
+            repair_backlog_bytes.clone(),
+        );
+        let repair_rate_bytes = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "repair_rate_bytes_per_second",
+            "Block bytes copied by repair per second over about the last minute",
+            repair_rate_bytes.clone(),
+        );
+        let repair_eta_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "repair_eta_seconds",
+            "Seconds until the known repair backlog is done at the current rate (-1: unknown)",
+            repair_eta_seconds.clone(),
+        );
+        let repair_bytes = Counter::default();
+        registry.register("repair_bytes", "Block bytes copied by anti-entropy", repair_bytes.clone());
         Self {
             read_repairs,
             ring_changes,
@@ -211,6 +269,12 @@ impl Metrics {
             gossip_traffic,
             gossip_dropped,
             members,
+            partitions_copies,
+            repair_backlog_entries,
+            repair_backlog_bytes,
+            repair_rate_bytes,
+            repair_eta_seconds,
+            repair_bytes,
             last_gossip: Default::default(),
             registry,
             requests,

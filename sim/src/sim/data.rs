@@ -268,6 +268,12 @@ impl Sim {
         wall_clock_us(self.now_us, self.clock_offset_us(index))
     }
 
+    /// Node `index`'s account of durability, if it runs (what `shoal status` shows of it).
+    pub fn durability(&self, index: usize) -> Option<shoal_core::node::Durability> {
+        let now = self.wall_clock_us(index);
+        self.data_node(index).core.as_ref().map(|core| core.durability(now))
+    }
+
     /// Node `index`'s placement, if it runs.
     pub fn placement(&self, index: usize) -> Option<Arc<Placement>> {
         self.data_node(index).core.as_ref().map(NodeCore::placement)

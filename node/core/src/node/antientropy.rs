@@ -22,6 +22,7 @@ use crate::replication::placement::same_owners;
 use crate::replication::{DrainOutcome, DrainSession, PartitionSet, Placement, SettleCheck, SyncSession};
 
 use super::config::micros;
+use super::durability::RepairMeter;
 use super::ops::{AnyOp, AnyOutput, Purpose};
 use super::store_work::StoreWork;
 use super::{Event, JobPurpose, NodeCore, Timer};
@@ -49,9 +50,9 @@ pub(crate) struct SyncState {
     /// The placement the last look for misplaced copies was made under.
     held_checked: Option<Arc<Placement>>,
     /// Partitions this node holds copies of without keeping them, still to hand over.
-    misplaced: Vec<Partition>,
+    pub(super) misplaced: Vec<Partition>,
     /// The partitions of the hand-over in flight.
-    draining: Option<PartitionSet>,
+    pub(super) draining: Option<PartitionSet>,
     /// How many partitions the drop in flight is for.
     dropping: usize,
     /// Whether a look for settled partitions is in flight.
@@ -60,7 +61,7 @@ pub(crate) struct SyncState {
     exchange: Option<(u64, PartitionSet)>,
     /// Per partition this node keeps: each peer it last completed an exchange of it with,
     /// and when (µs, this node's clock) that exchange started.
-    exchanges: BTreeMap<Partition, BTreeMap<NodeId, u64>>,
+    pub(super) exchanges: BTreeMap<Partition, BTreeMap<NodeId, u64>>,
     /// Per settling partition: its owner sets, and since when (µs) it has had them.
     settling_since: BTreeMap<Partition, (Vec<Vec<NodeId>>, u64)>,
     /// Looks in a row that changed nothing, since the placement last moved: each doubles
@@ -69,6 +70,15 @@ pub(crate) struct SyncState {
     settle_idle: u32,
     /// No look starts before this time (µs).
     settle_not_before_us: u64,
+    /// What repair did and has left, for the durability account.
+    pub(super) meter: RepairMeter,
+}
+
+impl SyncState {
+    /// How many co-owners the schedule visits in turn.
+    pub(super) fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
 }
 
 /// Doublings of the wait between two looks that found nothing.
@@ -78,6 +88,7 @@ impl<S: Store> NodeCore<S> {
     /// The schedule's tick: starts the next exchange if none runs.
     pub(crate) fn sync_tick(&mut self, now_us: u64) {
         self.arm(now_us.saturating_add(micros(self.config.sync_interval)), Timer::SyncTick);
+        self.sample_repairs(now_us);
         if !self.view.is_ready() || self.sync.running {
             return;
         }
@@ -244,6 +255,7 @@ impl<S: Store> NodeCore<S> {
                 self.sync.exchanges.entry(partition).or_default().insert(report.peer, started_us);
             }
         }
+        self.sync.meter.exchange_ended(&report);
         self.out.events.push_back(Event::SyncEnded(report));
     }
 

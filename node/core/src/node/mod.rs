@@ -5,6 +5,7 @@
 mod antientropy;
 mod clients;
 mod config;
+mod durability;
 mod ops;
 mod store_work;
 mod view;
@@ -21,6 +22,7 @@ use crate::replication::{
 
 pub use clients::{Answer, Client, Deleted, Listing, Made, Put, PutProgress, Read, RecordRead, Removed};
 pub use config::CoreConfig;
+pub use durability::Durability;
 pub use store_work::{JobId, StoreDone, StoreJob, StoreWork};
 
 use antientropy::SyncState;

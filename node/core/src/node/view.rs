@@ -75,6 +75,13 @@ impl ViewState {
         self.ready
     }
 
+    /// Whether the last view shows `node` alive or suspect.
+    pub(crate) fn is_live(&self, node: NodeId) -> bool {
+        self.views.iter().any(|view| {
+            view.identity.node_id == node.0 && matches!(view.state, MemberState::Alive | MemberState::Suspect)
+        })
+    }
+
     /// Every member this node knows a route to (itself included).
     pub(crate) fn members(&self) -> Vec<NodeId> {
         self.routes.keys().copied().collect()

@@ -25,7 +25,7 @@ pub use placement::{
 };
 pub use quorum::{FetchBlock, Op, Outgoing, QuorumFailure, ReadKeys, WriteQuorum};
 pub use settle::{LearnReport, LearnSets, SettleCheck, SettleReport};
-pub use sync::{SyncReport, SyncSession};
+pub use sync::{SyncProgress, SyncReport, SyncSession};
 
 #[cfg(test)]
 mod tests;

@@ -51,6 +51,12 @@ pub struct SyncReport {
     pub blocks_pulled: u64,
     /// Blocks copied from this node to the peer.
     pub blocks_pushed: u64,
+    /// Bytes of the blocks copied either way.
+    pub block_bytes: u64,
+    /// Records found different but not merged when it stopped early.
+    pub unrepaired_records: u64,
+    /// Blocks found missing on one side but not copied when it stopped early.
+    pub unrepaired_blocks: u64,
     /// Why the exchange stopped early, if it did (what was repaired before stays repaired).
     pub failure: Option<String>,
     /// Whether each side ended holding everything either held when asked: no failure, no
@@ -83,7 +89,7 @@ enum Single {
     /// Reading a block to copy to `to`.
     GetBlock { hash: BlockHash, to: NodeId },
     /// Storing a copied block.
-    PutBlock { pulled: bool },
+    PutBlock { pulled: bool, bytes: u64 },
 }
 
 #[derive(Debug)]
@@ -231,6 +237,11 @@ impl SyncSession {
         if !self.done {
             self.done = true;
             self.report.complete &= failure.is_none();
+            if failure.is_some() {
+                let left = self.progress();
+                self.report.unrepaired_records = left.records_pending;
+                self.report.unrepaired_blocks = left.blocks_pending;
+            }
             self.report.failure = failure;
             self.outcome = Some(self.report.clone());
             // Nothing more is sent; answers still due are ignored.
@@ -378,10 +389,11 @@ impl SyncSession {
             (Single::GetBlock { hash, to }, Ok(Reply::Block(Some(bytes)))) => {
                 // The side that stores it verifies the bytes against the name.
                 let pulled = to == self.this;
+                let size = bytes.len() as u64;
                 self.send(
                     to,
                     Request::Block(BlockRpc::Put { hash, bytes }),
-                    Waiting::Single(Single::PutBlock { pulled }),
+                    Waiting::Single(Single::PutBlock { pulled, bytes: size }),
                 );
                 return Ok(());
             }
@@ -390,8 +402,9 @@ impl SyncSession {
                 self.blocks_in_flight -= 1;
                 self.report.complete = false;
             }
-            (Single::PutBlock { pulled }, Ok(Reply::Durable)) => {
+            (Single::PutBlock { pulled, bytes }, Ok(Reply::Durable)) => {
                 self.blocks_in_flight -= 1;
+                self.report.block_bytes += bytes;
                 if pulled {
                     self.report.blocks_pulled += 1;
                 } else {
@@ -430,6 +443,51 @@ fn merge(a: &RecordUpdate, b: &RecordUpdate) -> RecordUpdate {
         }
         // Different kinds under one key cannot come from correct stores: keep ours.
         (ours, _) => ours.clone(),
+    }
+}
+
+/// How far an exchange in flight has got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncProgress {
+    /// Records found different and not yet merged.
+    pub records_pending: u64,
+    /// Blocks one side lacks and not yet copied.
+    pub blocks_pending: u64,
+    /// Entries repaired so far (records merged and blocks copied, either way).
+    pub repaired: u64,
+    /// Bytes of blocks copied so far.
+    pub block_bytes: u64,
+}
+
+impl SyncReport {
+    /// Entries it repaired, either way.
+    pub fn repaired(&self) -> u64 {
+        self.records_pulled + self.records_pushed + self.blocks_pulled + self.blocks_pushed
+    }
+}
+
+impl SyncSession {
+    /// The peer it exchanges with.
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    /// How far it has got: what it found still to repair, and what it repaired.
+    pub fn progress(&self) -> SyncProgress {
+        let merging: u64 = self
+            .waiting
+            .values()
+            .map(|waiting| match waiting {
+                Waiting::Single(Single::Merge { count, .. }) => *count,
+                _ => 0,
+            })
+            .sum();
+        SyncProgress {
+            records_pending: self.records.len() as u64 + merging,
+            blocks_pending: self.blocks.len() as u64 + self.blocks_in_flight as u64,
+            repaired: self.report.repaired(),
+            block_bytes: self.report.block_bytes,
+        }
     }
 }
 
