@@ -126,7 +126,7 @@ fn filled(keys: u64) -> MemStore {
 
 /// Runs one exchange between `a` (the initiator) and `b`, counting encoded bytes.
 fn exchange(a: &MemStore, b: &MemStore) -> Traffic {
-    let mut session = SyncSession::new(A, B, PartitionSet::of(Partition::all()));
+    let mut session = SyncSession::unbounded(A, B, PartitionSet::of(Partition::all()));
     let mut traffic = Traffic::default();
     let mut pending = std::collections::VecDeque::new();
     loop {

@@ -151,6 +151,12 @@ pub struct ServeArgs {
     /// Requests in flight to one peer at most [default: 64].
     #[arg(long)]
     pub rpc_in_flight_per_peer_max: Option<usize>,
+    /// Bytes per second repair may copy [default: 134217728].
+    #[arg(long)]
+    pub repair_bytes_per_sec: Option<u64>,
+    /// Block copies one repair exchange keeps in flight [default: 4].
+    #[arg(long)]
+    pub repair_transfers_max: Option<usize>,
 }
 
 /// `shoal dev`: node i serves HTTP on 127.0.0.1:(BASE + 2i) and cluster traffic on the next
@@ -214,7 +220,9 @@ impl ServeArgs {
             read_quorum,
             evict_after_secs,
             rpc_timeout_ms,
-            rpc_in_flight_per_peer_max
+            rpc_in_flight_per_peer_max,
+            repair_bytes_per_sec,
+            repair_transfers_max
         );
         config.seeds.extend(self.seeds.iter().cloned());
         if let Some(capacity) = self.capacity_bytes {

@@ -75,6 +75,12 @@ pub struct Config {
     /// Requests in flight to one peer at most (one pooled connection each). 1 to 1024,
     /// default 64.
     pub rpc_in_flight_per_peer_max: usize,
+    /// Bytes per second of blocks the anti-entropy exchanges this node runs may copy, so
+    /// repair never starves clients (a second's worth may go at once). Default 134217728
+    /// (128 MiB/s).
+    pub repair_bytes_per_sec: u64,
+    /// Block copies one exchange keeps in flight at most. 1 to 64, default 4.
+    pub repair_transfers_max: usize,
 }
 
 impl Default for Config {
@@ -102,6 +108,8 @@ impl Default for Config {
             evict_after_secs: 600,
             rpc_timeout_ms: 5000,
             rpc_in_flight_per_peer_max: 64,
+            repair_bytes_per_sec: 128 << 20,
+            repair_transfers_max: 4,
         }
     }
 }
@@ -226,6 +234,12 @@ impl Config {
                 format!("{} is outside 1..=1024", self.rpc_in_flight_per_peer_max),
             );
         }
+        if self.repair_bytes_per_sec == 0 {
+            return invalid("repair_bytes_per_sec", "must be positive".into());
+        }
+        if !(1..=64).contains(&self.repair_transfers_max) {
+            return invalid("repair_transfers_max", format!("{} is outside 1..=64", self.repair_transfers_max));
+        }
         Ok(())
     }
 }
@@ -247,6 +261,8 @@ impl Config {
             evict_after: Duration::from_secs(self.evict_after_secs),
             upload_blocks_in_flight_max: self.upload_blocks_in_flight_max,
             download_blocks_ahead_max: self.download_blocks_ahead_max,
+            repair_bytes_per_sec: self.repair_bytes_per_sec,
+            repair_transfers_max: self.repair_transfers_max,
             ..shoal_core::node::CoreConfig::default()
         }
     }

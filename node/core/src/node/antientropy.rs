@@ -21,6 +21,7 @@ use shoal_storage::{NodeId, Store, StoreError};
 use crate::replication::placement::same_owners;
 use crate::replication::{DrainOutcome, DrainSession, PartitionSet, Placement, SettleCheck, SyncSession};
 
+use super::budget::RepairBudget;
 use super::config::micros;
 use super::durability::RepairMeter;
 use super::ops::{AnyOp, AnyOutput, Purpose};
@@ -37,8 +38,9 @@ const DRAIN_PARTITIONS_MAX: usize = 256;
 /// The schedule's state.
 #[derive(Debug, Default)]
 pub(crate) struct SyncState {
-    /// Index (into the ring's other members) of the next peer to try.
-    next_peer: usize,
+    /// What is left of this round of the schedule: indexes into `peers`, the peer sharing
+    /// the most partitions short of confirmed copies first.
+    round: Vec<usize>,
     /// Whether an exchange is in flight.
     running: bool,
     /// The placement the peers below were computed for.
@@ -72,6 +74,8 @@ pub(crate) struct SyncState {
     settle_not_before_us: u64,
     /// What repair did and has left, for the durability account.
     pub(super) meter: RepairMeter,
+    /// The bandwidth repair may use.
+    pub(super) budget: RepairBudget,
 }
 
 impl SyncState {
@@ -98,11 +102,10 @@ impl<S: Store> NodeCore<S> {
                 self.sync.running = true;
                 let purpose = Purpose::Drain { partitions: partitions.len() };
                 self.sync.draining = Some(partitions.clone());
-                self.start_op(
-                    now_us,
-                    purpose,
-                    AnyOp::Drain(Box::new(DrainSession::new(self.this, owners, partitions))),
-                );
+                let (transfers, cost) = (self.config.repair_transfers_max, self.config.block_size_bytes as u64);
+                let drain = DrainSession::new(self.this, owners, partitions, transfers, cost);
+                let id = self.start_op(now_us, purpose, AnyOp::Drain(Box::new(drain)));
+                self.sync.budget.repairing = Some(id);
                 return;
             }
             let placement = self.view.placement();
@@ -117,7 +120,10 @@ impl<S: Store> NodeCore<S> {
         let Some((peer, partitions)) = self.next_sync_peer() else { return };
         self.sync.running = true;
         self.sync.exchange = Some((now_us, partitions.clone()));
-        self.start_op(now_us, Purpose::Sync, AnyOp::Sync(Box::new(SyncSession::new(self.this, peer, partitions))));
+        let (transfers, cost) = (self.config.repair_transfers_max, self.config.block_size_bytes as u64);
+        let session = SyncSession::new(self.this, peer, partitions, transfers, cost);
+        let id = self.start_op(now_us, Purpose::Sync, AnyOp::Sync(Box::new(session)));
+        self.sync.budget.repairing = Some(id);
     }
 
     /// The next group of misplaced partitions that share one owner set, with those owners,
@@ -194,18 +200,43 @@ impl<S: Store> NodeCore<S> {
         let placement = self.view.placement();
         if !self.sync.placement.as_ref().is_some_and(|known| Arc::ptr_eq(known, &placement)) {
             self.sync.peers = co_owners(self.this, &placement);
-            self.sync.placement = Some(placement);
+            self.sync.placement = Some(placement.clone());
+            self.sync.round.clear();
         }
-        let count = self.sync.peers.len();
-        for step in 0..count {
-            let index = (self.sync.next_peer + step) % count;
-            let (peer, shared) = &self.sync.peers[index];
+        if self.sync.round.is_empty() {
+            self.sync.round = self.round_order(&placement);
+        }
+        while !self.sync.round.is_empty() {
+            let index = self.sync.round.remove(0);
+            let Some((peer, shared)) = self.sync.peers.get(index) else { continue };
             if self.view.rpc_addr(*peer).is_some() {
-                self.sync.next_peer = index + 1;
                 return Some((*peer, shared.clone()));
             }
         }
         None
+    }
+
+    /// The order of the next round: every co-owner once, those sharing the most partitions
+    /// short of confirmed copies first (the most endangered are repaired first), the rest
+    /// in id order.
+    fn round_order(&self, placement: &Placement) -> Vec<usize> {
+        let (now_us, window) = (self.sync.meter.last_sample_us(), self.confirm_window());
+        let n = placement.quorum().n.min(placement.ring().members().len()) as u64;
+        let mut short: BTreeMap<Partition, bool> = BTreeMap::new();
+        let mut endangered = |partition: Partition| {
+            *short
+                .entry(partition)
+                .or_insert_with(|| self.confirmed_copies(partition, &placement.owners(partition), now_us, window) < n)
+        };
+        let mut order: Vec<(usize, usize)> = self
+            .sync
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(index, (_, shared))| (shared.iter().filter(|p| endangered(*p)).count(), index))
+            .collect();
+        order.sort_by_key(|(score, index)| (std::cmp::Reverse(*score), *index));
+        order.into_iter().map(|(_, index)| index).collect()
     }
 
     /// The settle tick: looks for evidence that settling partitions settled, if none is

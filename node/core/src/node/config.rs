@@ -39,13 +39,19 @@ pub struct CoreConfig {
     /// How often, while partitions settle after a ring change, the node asks their owners for
     /// the evidence that they settled (one durable digest per partition and owner).
     pub settle_interval: Duration,
+    /// Bytes per second of blocks the exchanges this node runs may copy (either way), so that
+    /// repair never starves clients; a burst of one second's worth is allowed.
+    pub repair_bytes_per_sec: u64,
+    /// Block copies one exchange keeps in flight at most.
+    pub repair_transfers_max: usize,
 }
 
 impl Default for CoreConfig {
     /// Production values: N = 3, W = 2, R = 2, 1 MiB blocks, 5 s RPC timeout, eviction after
     /// 10 minutes, placement re-evaluated every 200 ms, 4 blocks per upload in flight, 2 read ahead,
     /// disk usage read every 10 s and republished when it moved by 64 MiB or 1 %, an
-    /// anti-entropy exchange started every 2 s, settling partitions checked every 1 s.
+    /// anti-entropy exchange started every 2 s, settling partitions checked every 1 s, repair
+    /// copying at most 128 MiB/s with 4 blocks in flight.
     fn default() -> Self {
         Self {
             quorum: Quorum::DEFAULT,
@@ -60,6 +66,8 @@ impl Default for CoreConfig {
             usage_republish_percent: 1,
             sync_interval: Duration::from_secs(2),
             settle_interval: Duration::from_secs(1),
+            repair_bytes_per_sec: 128 << 20,
+            repair_transfers_max: 4,
         }
     }
 }
@@ -79,6 +87,8 @@ impl CoreConfig {
             ("download_blocks_ahead_max", self.download_blocks_ahead_max > 0),
             ("sync_interval", !self.sync_interval.is_zero()),
             ("settle_interval", !self.settle_interval.is_zero()),
+            ("repair_bytes_per_sec", self.repair_bytes_per_sec > 0),
+            ("repair_transfers_max", self.repair_transfers_max > 0),
         ];
         match positive.iter().find(|(_, ok)| !ok) {
             Some((name, _)) => Err(format!("{name} must be positive")),

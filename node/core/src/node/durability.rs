@@ -72,6 +72,11 @@ pub(crate) struct RepairMeter {
 }
 
 impl RepairMeter {
+    /// When the last sample was taken (µs; 0 before the first).
+    pub(crate) fn last_sample_us(&self) -> u64 {
+        self.samples.back().map_or(0, |sample| sample.0)
+    }
+
     pub(crate) fn exchange_ended(&mut self, report: &crate::replication::SyncReport) {
         self.repaired += report.repaired();
         self.block_bytes += report.block_bytes;
@@ -151,7 +156,7 @@ impl<S: Store> NodeCore<S> {
 
     /// Copies of `partition` (owned by `owners`) confirmed by exchanges that started within
     /// `window` µs before `now_us`, this node's own included.
-    fn confirmed_copies(&self, partition: Partition, owners: &[NodeId], now_us: u64, window: u64) -> u64 {
+    pub(super) fn confirmed_copies(&self, partition: Partition, owners: &[NodeId], now_us: u64, window: u64) -> u64 {
         let recent = self.sync.exchanges.get(&partition);
         let confirmed = owners
             .iter()
@@ -165,7 +170,7 @@ impl<S: Store> NodeCore<S> {
 
     /// How recent an exchange must be to confirm a copy: a few rounds of the schedule, which
     /// visits one co-owner per tick and hands over on every other tick.
-    fn confirm_window(&self) -> u64 {
+    pub(super) fn confirm_window(&self) -> u64 {
         let rounds = 4 * (self.sync.peer_count() as u64 + 1);
         micros(self.config.sync_interval).saturating_mul(2 * rounds)
     }

@@ -3,6 +3,7 @@
 //! (docs/ARCHITECTURE.md §2).
 
 mod antientropy;
+mod budget;
 mod clients;
 mod config;
 mod durability;
@@ -148,6 +149,8 @@ enum Timer {
     SyncTick,
     /// Look for evidence that settling partitions settled.
     SettleTick,
+    /// The repair budget has refilled enough for the exchange waiting on it.
+    RepairBudget,
 }
 
 /// What the caller drains after every input.
@@ -376,6 +379,7 @@ impl<S: Store> NodeCore<S> {
                 }
                 Timer::SyncTick => self.sync_tick(now_us),
                 Timer::SettleTick => self.settle_tick(now_us),
+                Timer::RepairBudget => self.sync.budget.wake_us = None,
             }
             self.settle(now_us);
         }
@@ -503,9 +507,15 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// Delivers the answers decided without asking anyone, until there are none.
+    /// Then lets the exchange in flight copy what the repair budget allows.
     fn settle(&mut self, now_us: u64) {
-        while let Some((id, reply)) = self.immediate.pop_front() {
-            self.deliver(now_us, id, reply);
+        loop {
+            while let Some((id, reply)) = self.immediate.pop_front() {
+                self.deliver(now_us, id, reply);
+            }
+            if !self.feed_repair(now_us) {
+                break;
+            }
         }
     }
 }

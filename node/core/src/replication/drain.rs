@@ -49,13 +49,25 @@ pub struct DrainSession {
     queue: VecDeque<Outgoing>,
     /// Tokens of the roots questions, by the node asked.
     verifying: HashMap<u64, NodeId>,
+    /// Block copies in flight at most, and what one is charged (see [`SyncSession::new`]).
+    transfers_max: usize,
+    block_cost: u64,
     outcome: Option<DrainOutcome>,
 }
 
 impl DrainSession {
-    /// Hands `partitions` (owned by `owners`, not by `this`) over.
-    pub fn new(this: NodeId, owners: Vec<NodeId>, partitions: PartitionSet) -> DrainSession {
+    /// Hands `partitions` (owned by `owners`, not by `this`) over, its exchanges copying
+    /// blocks within the allowance [`grant`](DrainSession::grant) gives them.
+    pub fn new(
+        this: NodeId,
+        owners: Vec<NodeId>,
+        partitions: PartitionSet,
+        transfers_max: usize,
+        block_cost: u64,
+    ) -> DrainSession {
         let mut session = DrainSession {
+            transfers_max,
+            block_cost,
             this,
             owners,
             partitions,
@@ -73,7 +85,9 @@ impl DrainSession {
     /// Starts the exchange with owner `i`, or the verification after the last.
     fn start_stage(&mut self, i: usize) {
         if let Some(&owner) = self.owners.get(i) {
-            self.stage = Stage::Sync(i, Box::new(SyncSession::new(self.this, owner, self.partitions.clone())));
+            let session =
+                SyncSession::new(self.this, owner, self.partitions.clone(), self.transfers_max, self.block_cost);
+            self.stage = Stage::Sync(i, Box::new(session));
             self.pump();
             return;
         }
@@ -84,6 +98,22 @@ impl DrainSession {
             self.verifying.insert(token, node);
             let request = Request::Sync(SyncRpc::Roots { partitions: self.partitions.clone(), durable: true });
             self.queue.push_back(Outgoing { token, to: node, request });
+        }
+    }
+
+    /// Bytes its exchange in flight could use now (see [`SyncSession::wants`]).
+    pub fn wants(&self) -> u64 {
+        match &self.stage {
+            Stage::Sync(_, session) => session.wants(),
+            _ => 0,
+        }
+    }
+
+    /// Adds `bytes` to what its exchange in flight may copy.
+    pub fn grant(&mut self, bytes: u64) {
+        if let Stage::Sync(_, session) = &mut self.stage {
+            session.grant(bytes);
+            self.pump();
         }
     }
 
@@ -203,7 +233,7 @@ mod tests {
         write(cluster.store(NodeId(1)), "/moved", 1);
         let partitions = PartitionSet::of([partition_of(b"/moved")]);
         let owners = vec![NodeId(1), NodeId(2), NodeId(3)];
-        let outcome = cluster.run(0, DrainSession::new(NodeId(4), owners, partitions));
+        let outcome = cluster.run(0, DrainSession::new(NodeId(4), owners, partitions, 2, 0));
         assert!(matches!(outcome, DrainOutcome::Confirmed(_)), "{outcome:?}");
         for owner in 1..=3 {
             assert!(cluster.store(NodeId(owner)).get_file("/moved").expect("get").is_some(), "owner {owner} has it");
@@ -216,7 +246,8 @@ mod tests {
         write(cluster.store(NodeId(4)), "/moved", 1);
         cluster.set_down(NodeId(3), true);
         let partitions = PartitionSet::of(Partition::all());
-        let outcome = cluster.run(0, DrainSession::new(NodeId(4), vec![NodeId(1), NodeId(2), NodeId(3)], partitions));
+        let outcome =
+            cluster.run(0, DrainSession::new(NodeId(4), vec![NodeId(1), NodeId(2), NodeId(3)], partitions, 2, 0));
         assert!(matches!(outcome, DrainOutcome::NotConfirmed(_)), "{outcome:?}");
     }
 }

@@ -26,9 +26,6 @@ use super::quorum::{Op, Outgoing};
 /// leaf at a million entries per node.
 pub const LEAF_BITS: u8 = 20;
 
-/// Blocks copied at once by one exchange.
-const BLOCKS_IN_FLIGHT: usize = 2;
-
 /// Leaves listed per request.
 const LEAVES_PER_REQUEST: usize = 64;
 
@@ -123,14 +120,28 @@ pub struct SyncSession {
     /// Blocks one side lacks: (block, the side that lacks it).
     blocks: VecDeque<(BlockHash, NodeId)>,
     blocks_in_flight: usize,
+    /// Block copies in flight at most.
+    transfers_max: usize,
+    /// Bytes of block copies it may still start (granted by the node's repair budget).
+    allowance: u64,
+    /// What one copy is charged before its size is known: the largest block.
+    block_cost: u64,
     report: SyncReport,
     outcome: Option<SyncReport>,
     done: bool,
 }
 
 impl SyncSession {
-    /// An exchange between `this` and `peer` over `partitions`.
-    pub fn new(this: NodeId, peer: NodeId, partitions: PartitionSet) -> SyncSession {
+    /// An exchange between `this` and `peer` over `partitions`, copying blocks of at most
+    /// `block_cost` bytes with up to `transfers_max` in flight, each charged to the allowance
+    /// [`grant`](SyncSession::grant) gives it. [`SyncSession::unbounded`] has no limit.
+    pub fn new(
+        this: NodeId,
+        peer: NodeId,
+        partitions: PartitionSet,
+        transfers_max: usize,
+        block_cost: u64,
+    ) -> SyncSession {
         let report = SyncReport { peer, partitions: partitions.len(), complete: true, ..SyncReport::default() };
         let mut session = SyncSession {
             this,
@@ -146,6 +157,9 @@ impl SyncSession {
             records: BTreeSet::new(),
             blocks: VecDeque::new(),
             blocks_in_flight: 0,
+            transfers_max: transfers_max.max(1),
+            allowance: 0,
+            block_cost,
             report,
             outcome: None,
             done: false,
@@ -194,17 +208,18 @@ impl SyncSession {
             self.ask(question);
             return;
         }
-        while self.asks.is_empty() && self.blocks_in_flight < BLOCKS_IN_FLIGHT {
+        while self.asks.is_empty() && self.blocks_in_flight < self.transfers_max && self.allowance >= self.block_cost {
             let Some((hash, lacking)) = self.blocks.pop_front() else { break };
             let from = if lacking == self.this { self.peer } else { self.this };
             self.blocks_in_flight += 1;
+            self.allowance -= self.block_cost;
             self.send(
                 from,
                 Request::Block(BlockRpc::Get(hash)),
                 Waiting::Single(Single::GetBlock { hash, to: lacking }),
             );
         }
-        if self.asks.is_empty() && self.waiting.is_empty() {
+        if self.asks.is_empty() && self.waiting.is_empty() && self.blocks.is_empty() {
             self.finish(None);
         }
     }
@@ -390,6 +405,8 @@ impl SyncSession {
                 // The side that stores it verifies the bytes against the name.
                 let pulled = to == self.this;
                 let size = bytes.len() as u64;
+                // Charged the largest block; the rest goes back.
+                self.allowance += self.block_cost.saturating_sub(size);
                 self.send(
                     to,
                     Request::Block(BlockRpc::Put { hash, bytes }),
@@ -400,6 +417,7 @@ impl SyncSession {
             (Single::GetBlock { .. }, Ok(Reply::Block(None))) => {
                 // Gone or corrupt since it was listed: nothing to copy; the next exchange sees.
                 self.blocks_in_flight -= 1;
+                self.allowance += self.block_cost;
                 self.report.complete = false;
             }
             (Single::PutBlock { pulled, bytes }, Ok(Reply::Durable)) => {
@@ -467,6 +485,27 @@ impl SyncReport {
 }
 
 impl SyncSession {
+    /// An exchange with no budget (copies charged nothing), two copies in flight.
+    pub fn unbounded(this: NodeId, peer: NodeId, partitions: PartitionSet) -> SyncSession {
+        SyncSession::new(this, peer, partitions, 2, 0)
+    }
+
+    /// Bytes it could use now: copies waiting that the allowance does not cover (0 when it
+    /// waits for nothing but answers).
+    pub fn wants(&self) -> u64 {
+        let startable = self.blocks.len().min(self.transfers_max.saturating_sub(self.blocks_in_flight)) as u64;
+        if self.done || !self.asks.is_empty() || startable == 0 {
+            return 0;
+        }
+        (startable * self.block_cost).saturating_sub(self.allowance)
+    }
+
+    /// Adds `bytes` to what it may copy, and starts what that allows.
+    pub fn grant(&mut self, bytes: u64) {
+        self.allowance = self.allowance.saturating_add(bytes);
+        self.advance();
+    }
+
     /// The peer it exchanges with.
     pub fn peer(&self) -> NodeId {
         self.peer
@@ -588,7 +627,7 @@ mod tests {
     #[test]
     fn identical_stores_compare_in_one_round_trip() {
         let cluster = twins();
-        let report = cluster.run(0, SyncSession::new(A, B, all()));
+        let report = cluster.run(0, SyncSession::unbounded(A, B, all()));
         assert_eq!((report.round_trips, report.differences, report.failure), (1, 0, None));
     }
 
@@ -600,7 +639,7 @@ mod tests {
         b.merge_records(&[file("/only-b", 5), entry("/", "only-b", 5)]).expect("only on B");
         a.store_block(b"only on A").expect("block");
         b.store_block(b"only on B").expect("block");
-        let report = cluster.run(0, SyncSession::new(A, B, all()));
+        let report = cluster.run(0, SyncSession::unbounded(A, B, all()));
         assert_eq!(report.failure, None);
         assert_eq!(roots(a), roots(b), "equal everywhere afterwards");
         assert_eq!(b.get_file("/f7").expect("get").map(|r| r.version.hlc), Some(9), "the newer version won");
@@ -608,7 +647,7 @@ mod tests {
         assert_eq!((report.blocks_pulled, report.blocks_pushed), (1, 1));
         assert_eq!(report.differences, 6);
         // Nothing left to do.
-        let again = cluster.run(0, SyncSession::new(A, B, all()));
+        let again = cluster.run(0, SyncSession::unbounded(A, B, all()));
         assert_eq!((again.round_trips, again.differences), (1, 0));
     }
 
@@ -619,10 +658,50 @@ mod tests {
         a.merge_records(&[file("/inside", 5), file("/outside", 5)]).expect("merge");
         let inside = partition_of(b"/inside");
         assert_ne!(inside, partition_of(b"/outside"), "two partitions for the test");
-        let report = cluster.run(0, SyncSession::new(A, B, PartitionSet::of([inside])));
+        let report = cluster.run(0, SyncSession::unbounded(A, B, PartitionSet::of([inside])));
         assert_eq!(report.records_pushed, 1);
         assert!(b.get_file("/inside").expect("get").is_some());
         assert!(b.get_file("/outside").expect("get").is_none());
+    }
+
+    /// Answers every request `session` has queued, until it queues none.
+    fn pump(cluster: &LocalCluster<MemStore>, session: &mut SyncSession) {
+        loop {
+            let mut replies = Vec::new();
+            while let Some(outgoing) = session.poll_request() {
+                let store = cluster.store(outgoing.to);
+                replies.push((outgoing.token, Ok(crate::replication::replica::serve(&**store, outgoing.request))));
+            }
+            if replies.is_empty() {
+                return;
+            }
+            for (token, reply) in replies {
+                session.handle_reply(0, token, reply);
+            }
+        }
+    }
+
+    #[test]
+    fn block_copies_wait_for_the_budget_they_are_granted_and_get_back_what_small_blocks_left() {
+        let cluster = twins();
+        let (a, b) = (cluster.store(A), cluster.store(B));
+        for i in 0..3u8 {
+            a.store_block(&[i; 10]).expect("block");
+        }
+        // Each copy is charged 100 bytes up front; 10-byte blocks give 90 back.
+        let mut session = SyncSession::new(A, B, all(), 4, 100);
+        pump(&cluster, &mut session);
+        assert_eq!(session.wants(), 300, "three copies waiting, nothing granted");
+        assert!(session.poll_outcome().is_none(), "an exchange waiting for budget has not ended");
+        session.grant(100);
+        pump(&cluster, &mut session);
+        assert_eq!(session.progress().repaired, 1, "one copy's worth granted, one copy made");
+        assert_eq!(session.wants(), 110, "two copies waiting, 90 bytes given back");
+        session.grant(110);
+        pump(&cluster, &mut session);
+        let report = session.poll_outcome().expect("done once every copy was made");
+        assert_eq!((report.blocks_pushed, report.block_bytes, report.failure), (3, 30, None));
+        assert_eq!(roots(a), roots(b));
     }
 
     #[test]
@@ -630,7 +709,7 @@ mod tests {
         let mut cluster = twins();
         cluster.store(A).merge_records(&[file("/new", 5)]).expect("merge");
         cluster.set_down(B, true);
-        let report = cluster.run(0, SyncSession::new(A, B, all()));
+        let report = cluster.run(0, SyncSession::unbounded(A, B, all()));
         assert!(report.failure.as_deref().is_some_and(|why| why.contains("no answer")), "{report:?}");
     }
 }

@@ -431,7 +431,7 @@ fn after_a_join_exchanges_with_previous_owners_settle_every_moved_partition_and_
                 shoal_membership::Partition::all().filter(|p| placement.keeps(*node, *p) && placement.keeps(*peer, *p));
             let shared = PartitionSet::of(shared);
             if peer != node && !shared.is_empty() {
-                let report = h.cluster.run(0, SyncSession::new(*node, *peer, shared));
+                let report = h.cluster.run(0, SyncSession::unbounded(*node, *peer, shared));
                 assert_eq!(report.failure, None);
             }
         }
