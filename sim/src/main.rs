@@ -16,7 +16,7 @@ use tracing_subscriber::EnvFilter;
 struct Args {
     /// Scenario: join, crash, partition, loss, restart, leave, garbage, swarm, or, with clients
     /// reading and writing files through the replication core: data-faults, clock-skew,
-    /// ring-change, minority.
+    /// ring-change, minority, split, joins, flap, wipe.
     scenario: Scenario,
     /// Seed of the run; a random one (printed) if not given.
     #[arg(long)]

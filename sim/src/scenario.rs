@@ -3,6 +3,7 @@
 //! The scenario tests and the `shoal-sim` binary run the same functions.
 
 mod data;
+mod repair;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -65,11 +66,18 @@ pub enum Scenario {
     /// and a crash on either side in some seeds; read-after-write holds and nothing
     /// acknowledged is lost.
     Split,
+    /// Two members join and one is evicted during the workload; read-after-write holds and
+    /// the old owners drop what the joiners took over.
+    Joins,
+    /// A node flaps within `evict_after`: no ring changes, and only what it missed moves.
+    Flap,
+    /// A node's data directory is wiped; it restarts empty and is refilled from its peers.
+    Wipe,
 }
 
 impl Scenario {
     /// Every scenario, in the order the binary lists them.
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::Join,
         Scenario::Crash,
         Scenario::Partition,
@@ -83,6 +91,9 @@ impl Scenario {
         Scenario::RingChange,
         Scenario::Minority,
         Scenario::Split,
+        Scenario::Joins,
+        Scenario::Flap,
+        Scenario::Wipe,
     ];
 
     /// The name on the command line.
@@ -101,6 +112,9 @@ impl Scenario {
             Scenario::RingChange => "ring-change",
             Scenario::Minority => "minority",
             Scenario::Split => "split",
+            Scenario::Joins => "joins",
+            Scenario::Flap => "flap",
+            Scenario::Wipe => "wipe",
         }
     }
 
@@ -111,7 +125,14 @@ impl Scenario {
             Scenario::Loss => 32,
             Scenario::Garbage => 10,
             Scenario::Swarm => 16,
-            Scenario::DataFaults | Scenario::ClockSkew | Scenario::Minority | Scenario::Split => 5,
+            Scenario::DataFaults
+            | Scenario::ClockSkew
+            | Scenario::Minority
+            | Scenario::Split
+            | Scenario::Flap
+            | Scenario::Wipe => 5,
+            // Five at first, two join during the run.
+            Scenario::Joins => 7,
             // Five at first, the sixth joins during the run.
             Scenario::RingChange => 6,
         }
@@ -133,6 +154,9 @@ impl Scenario {
             Scenario::RingChange => data::ring_change(options),
             Scenario::Minority => data::minority(options),
             Scenario::Split => data::split(options),
+            Scenario::Joins => repair::joins(options),
+            Scenario::Flap => repair::flap(options),
+            Scenario::Wipe => repair::wipe(options),
         }
     }
 }

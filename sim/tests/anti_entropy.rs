@@ -61,3 +61,30 @@ fn the_replica_checker_sees_a_node_that_missed_writes_when_anti_entropy_is_off()
     assert!(failure.message.contains("differ"), "{failure}");
     eprintln!("caught, as it should: {failure}");
 }
+
+/// Runs `scenario` over `seeds` (or `SHOAL_SIM_SEED` alone), panicking with the replay
+/// command at the first failure.
+fn run_seeds(scenario: shoal_sim::Scenario, seeds: std::ops::Range<u64>) {
+    let seeds: Vec<u64> = match std::env::var("SHOAL_SIM_SEED") {
+        Ok(_) => vec![seed_from_env(seeds.start)],
+        Err(_) => seeds.collect(),
+    };
+    for seed in seeds {
+        eprintln!("{}", ok(scenario.run(&shoal_sim::ScenarioOptions::seed(seed))));
+    }
+}
+
+#[test]
+fn two_joins_and_an_eviction_during_writes_keep_read_after_write_and_drop_what_the_joiners_took_over() {
+    run_seeds(shoal_sim::Scenario::Joins, 1..3);
+}
+
+#[test]
+fn a_node_that_flaps_within_evict_after_changes_no_ring_and_moves_only_what_it_missed() {
+    run_seeds(shoal_sim::Scenario::Flap, 1..3);
+}
+
+#[test]
+fn a_node_whose_store_is_wiped_is_refilled_from_its_peers() {
+    run_seeds(shoal_sim::Scenario::Wipe, 1..3);
+}

@@ -15,7 +15,7 @@ use crate::history::ClientKind;
 use crate::sim::{Sim, Workload};
 
 /// The settings of a data scenario: `scenario`'s cluster with a data plane.
-fn data_config(options: &ScenarioOptions, scenario: Scenario, replication: ReplicationConfig) -> SimConfig {
+pub(super) fn data_config(options: &ScenarioOptions, scenario: Scenario, replication: ReplicationConfig) -> SimConfig {
     let mut config = options.sim_config(scenario);
     config.replication = Some(replication);
     config
@@ -29,7 +29,7 @@ const REPLICAS_CONVERGE_MAX: Duration = Duration::from_secs(300);
 /// Starts every node and waits until the views converged and every placement settled (the
 /// rings a forming cluster passes through confirmed by evidence), before any workload: the
 /// faults these scenarios inject then meet a settled cluster. Returns how long it took.
-fn start_and_settle(sim: &mut Sim) -> Result<Duration, CheckFailure> {
+pub(super) fn start_and_settle(sim: &mut Sim) -> Result<Duration, CheckFailure> {
     let converged = start_and_converge(sim)?;
     Ok(converged + sim.wait_for_settled(Duration::from_secs(60))?)
 }
@@ -40,7 +40,11 @@ fn start_and_settle(sim: &mut Sim) -> Result<Duration, CheckFailure> {
 /// same entries (anti-entropy, checked before any read could repair them); then the history
 /// checks and the final read of every path through a random running node. Returns the facts
 /// to report.
-fn heal_and_check(sim: &mut Sim, rng: &mut StdRng, keep_down: &[usize]) -> Result<Vec<(String, String)>, CheckFailure> {
+pub(super) fn heal_and_check(
+    sim: &mut Sim,
+    rng: &mut StdRng,
+    keep_down: &[usize],
+) -> Result<Vec<(String, String)>, CheckFailure> {
     sim.stop_workload();
     sim.heal();
     for index in 0..sim.len() {

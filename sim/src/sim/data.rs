@@ -250,6 +250,18 @@ impl Sim {
         self.data_node(index).store.clone()
     }
 
+    /// Wipes stopped node `index`'s data directory: an empty store and no remembered
+    /// members (its identity, kept apart from the data in this model, stays). Its next run
+    /// must refill from its peers.
+    pub fn wipe(&mut self, index: usize) {
+        assert!(!self.node(index).status.is_up(), "node {index} must be stopped to be wiped");
+        let capacity = self.data().config.store_capacity_bytes;
+        let node = self.data_node_mut(index);
+        node.store = Arc::new(MemStore::new(capacity));
+        node.known = ClusterMemory::default();
+        self.record_action(format_args!("wipe {index}"));
+    }
+
     /// Node `index`'s clock offset, in µs.
     pub fn clock_offset_us(&self, index: usize) -> i64 {
         self.data_node(index).clock_offset_us
