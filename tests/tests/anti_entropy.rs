@@ -139,6 +139,7 @@ async fn four_processes_repair_missed_writes_evictions_returns_and_a_wiped_disk_
     let survivors: Vec<&ShoalProcess> = std::iter::once(&a).chain(others[..2].iter()).collect();
     wait_for_ring(&survivors, 3).await;
     wait_until_repaired(&survivors).await;
+    wait_for_full_redundancy(&survivors, "after D's eviction").await;
     let (small_ring, _) = ring_of(&a).await;
     assert_eq!(small_ring.members().len(), 3, "D was evicted");
     // Stopped for the check one at a time, so the others keep the cluster up.
@@ -165,6 +166,7 @@ async fn four_processes_repair_missed_writes_evictions_returns_and_a_wiped_disk_
         dropped += metric(node, "shoal_copies_dropped_total").await;
     }
     assert!(dropped > 0, "over-replication was cleaned up");
+    wait_for_full_redundancy(&all, "after D's return").await;
     let (ring, _) = ring_of(&a).await;
     for node in others.iter_mut() {
         node.kill9();
@@ -186,8 +188,28 @@ async fn four_processes_repair_missed_writes_evictions_returns_and_a_wiped_disk_
     all.extend(others.iter());
     wait_for_ring(&all, 4).await;
     wait_until_repaired(&all).await;
+    wait_for_full_redundancy(&all, "after D's disk was wiped").await;
     others[2].kill9();
     assert_exactly_on_owners(&ring, &[(d_id, &others[2])], "D after its disk was wiped");
+}
+
+/// Waits until the durability accounts of `nodes` (what `shoal status` adds up, through each
+/// node's `/v1/status`) show every partition once, each with N confirmed copies.
+async fn wait_for_full_redundancy(nodes: &[&ShoalProcess], what: &str) {
+    let all = shoal_membership::PARTITIONS as u64;
+    let start = Instant::now();
+    loop {
+        let mut seen = (0, 0, 0);
+        for node in nodes {
+            let account = node.client().status().await.ok().and_then(|status| status.durability).unwrap_or_default();
+            seen = (seen.0 + account.partitions, seen.1 + account.full, seen.2 + account.fewer);
+        }
+        if seen == (all, all, 0) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "{what}: (partitions, full, fewer) = {seen:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A stopped node's id, from the file it keeps it in.
