@@ -374,11 +374,9 @@ impl Probe {
     }
 }
 
-/// Flags of every node: fast gossip on loopback, and a 1 s ownership transition so the
-/// placement drops the smaller rings of the join within the wait below (as the e2e test does).
+/// Flags of every node: fast gossip on loopback.
 fn node_args(extra: &[String], seed: Option<&ShoalProcess>) -> Vec<String> {
-    let mut args: Vec<String> =
-        ["--gossip-preset", "local", "--transition-secs", "1"].into_iter().map(String::from).collect();
+    let mut args: Vec<String> = ["--gossip-preset", "local"].into_iter().map(String::from).collect();
     if let Some(seed) = seed {
         args.extend(["--seed".to_string(), seed.cluster_addr.to_string()]);
     }
@@ -387,7 +385,8 @@ fn node_args(extra: &[String], seed: Option<&ShoalProcess>) -> Vec<String> {
 }
 
 /// Starts A, then B and C seeded with A; waits until every node sees all three alive in its
-/// ring, then 1.5 s more so every node's placement has dropped the previous, smaller ring.
+/// ring, coordinates, and has no partition settling (the forming rings' transitions ended on
+/// evidence).
 async fn start_cluster(extra: &[String], report: &mut Report) -> anyhow::Result<Cluster> {
     let first = crate::start_node(&node_args(extra, None)).await?;
     let mut nodes = vec![first];
@@ -408,10 +407,10 @@ async fn start_cluster(extra: &[String], report: &mut Report) -> anyhow::Result<
                 .filter(|m| m.state == "alive" && m.ring_share_percent > 0.0)
                 .map(|m| m.ring_share_percent)
                 .collect();
-            shares.push((status.replication, in_ring));
+            let settled = status.settling_partitions == 0 && status.not_coordinating.is_none();
+            shares.push((status.replication, if settled { in_ring } else { Vec::new() }));
         }
         if shares.iter().all(|(_, in_ring)| in_ring.len() == NODES) {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
             let (replication, in_ring) = &shares[0];
             let formatted: Vec<String> = in_ring.iter().map(|share| format!("{share:.1} %")).collect();
             report.note(format!(
@@ -451,7 +450,7 @@ async fn health_counters(http: &reqwest::Client, nodes: &[ShoalProcess]) -> anyh
 }
 
 /// The machine: cores, CPU model, memory, kernel.
-fn machine_line() -> String {
+pub(crate) fn machine_line() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()

@@ -16,6 +16,7 @@
 
 mod ceilings;
 mod cluster;
+mod heal;
 mod membership;
 mod procfs;
 mod report;
@@ -68,6 +69,10 @@ enum Command {
     /// stores of 1,000,000 records with 0, 1 and 1,000 differences, against the
     /// information-theoretic floor; digest cost per write, rebuild and reload times.
     Sync(sync::SyncArgs),
+    /// Heal throughput: four nodes, one wiped after 1 GiB was written and refilled by
+    /// anti-entropy while a client reads, against the disk's durable write ceiling and the
+    /// client's p99 without repair.
+    Heal(heal::HealArgs),
 }
 
 /// Options of `single-node`.
@@ -188,6 +193,7 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster(args) => runtime.block_on(cluster::run(args)),
         Command::Ring(args) => ring::run(args),
         Command::Sync(args) => sync::run(args),
+        Command::Heal(args) => runtime.block_on(heal::run(args)),
     }
 }
 
