@@ -249,7 +249,9 @@ impl<S: Store> NodeCore<S> {
             self.sync.settle_running = true;
             let since = self.sync.settling_since.iter().map(|(partition, (_, since))| (*partition, *since)).collect();
             let exchanges = self.exchanges_of(now_us, placement.settling().keys().copied());
-            let members = self.view.members();
+            // Members the view shows down would only run the look into its timeout.
+            let members: Vec<NodeId> =
+                self.view.members().into_iter().filter(|node| *node == self.this || self.view.is_live(*node)).collect();
             let check = SettleCheck::new(placement, &members, PARTITIONS, now_us, since, &exchanges);
             self.start_op(now_us, Purpose::Settle, AnyOp::Settle(check));
         }
