@@ -146,14 +146,15 @@ pub struct ClusterDurability {
 impl Durability {
     /// Adds another node's account to this one.
     pub fn add(&mut self, other: &Durability) {
-        self.partitions += other.partitions;
-        self.full += other.full;
-        self.fewer += other.fewer;
-        self.extra += other.extra;
-        self.backlog_entries += other.backlog_entries;
-        self.backlog_bytes += other.backlog_bytes;
-        self.repaired_entries += other.repaired_entries;
-        self.repaired_bytes += other.repaired_bytes;
+        // Saturating: the figures come from other nodes' answers.
+        self.partitions = self.partitions.saturating_add(other.partitions);
+        self.full = self.full.saturating_add(other.full);
+        self.fewer = self.fewer.saturating_add(other.fewer);
+        self.extra = self.extra.saturating_add(other.extra);
+        self.backlog_entries = self.backlog_entries.saturating_add(other.backlog_entries);
+        self.backlog_bytes = self.backlog_bytes.saturating_add(other.backlog_bytes);
+        self.repaired_entries = self.repaired_entries.saturating_add(other.repaired_entries);
+        self.repaired_bytes = self.repaired_bytes.saturating_add(other.repaired_bytes);
         self.rate_entries_per_sec += other.rate_entries_per_sec;
         self.rate_bytes_per_sec += other.rate_bytes_per_sec;
         self.eta_secs = match (self.eta_secs, other.eta_secs) {

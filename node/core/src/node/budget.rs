@@ -45,10 +45,16 @@ impl<S: Store> NodeCore<S> {
             budget.tokens = capacity;
         } else {
             let elapsed = now_us.saturating_sub(budget.filled_us) as u128;
-            let earned = (elapsed * rate as u128 / 1_000_000).min(capacity as u128) as u64;
-            budget.tokens = budget.tokens.saturating_add(earned).min(capacity);
+            let earned = elapsed * rate as u128 / 1_000_000;
+            budget.tokens = budget.tokens.saturating_add(earned.min(capacity as u128) as u64).min(capacity);
+            // The clock moves on only by the time the whole bytes earned took, so calls
+            // closer together than one byte's worth still add up.
+            let used_us = (earned * 1_000_000 / rate as u128) as u64;
+            budget.filled_us = budget.filled_us.saturating_add(used_us).min(now_us);
         }
-        budget.filled_us = now_us;
+        if budget.filled_us == 0 {
+            budget.filled_us = now_us;
+        }
         let granted = wants.min(budget.tokens);
         budget.tokens -= granted;
         if granted < wants {

@@ -198,7 +198,8 @@ impl Op for SettleCheck {
                     self.linked(node, partition, &exchanges);
                     let owners = self.placement.owners(partition);
                     match sets.as_slice() {
-                        [only] if same_owners(only, &owners) => {
+                        // Only a coordinating node's placement is complete enough to vouch.
+                        [only] if coordinating && same_owners(only, &owners) => {
                             self.settled_at.entry(partition).or_default().push(node)
                         }
                         // A node writing elsewhere now keeps writing there after any evidence.
@@ -235,8 +236,11 @@ impl Op for SettleCheck {
             let digests = self.digests.get(partition).map_or(&[][..], Vec::as_slice);
             let synced = self.synced.get(partition).map_or(&[][..], Vec::as_slice);
             if self.found.0.contains_key(partition) || self.diverged.contains(partition) {
-                // Another view writes elsewhere: nothing settles before the views agree.
-            } else if rest.is_empty() || self.placement.covers(*partition, &rest, digests, synced) {
+                // Another view writes elsewhere, perhaps to a vouched set: nothing settles or
+                // is dropped before the views agree.
+                continue;
+            }
+            if rest.is_empty() || self.placement.covers(*partition, &rest, digests, synced) {
                 findings.settled.push(*partition);
                 continue;
             }
