@@ -130,6 +130,10 @@ pub struct Durability {
     /// told (short of copies with nothing being repaired).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_secs: Option<f64>,
+    /// Partitions whose reads this node refuses until it has refilled the store it lost
+    /// (its disk was wiped or replaced) from the other owners.
+    #[serde(default)]
+    pub refilling: u64,
 }
 
 /// Every node's account added up.
@@ -151,6 +155,7 @@ impl Durability {
         self.full = self.full.saturating_add(other.full);
         self.fewer = self.fewer.saturating_add(other.fewer);
         self.extra = self.extra.saturating_add(other.extra);
+        self.refilling = self.refilling.saturating_add(other.refilling);
         self.backlog_entries = self.backlog_entries.saturating_add(other.backlog_entries);
         self.backlog_bytes = self.backlog_bytes.saturating_add(other.backlog_bytes);
         self.repaired_entries = self.repaired_entries.saturating_add(other.repaired_entries);

@@ -52,6 +52,9 @@ pub fn print(cluster: &ClusterDurability, n: u32, human_bytes: fn(u64) -> String
             missing => format!(", {missing} unaccounted for (no live owner answered) of {}", accounted + missing),
         }
     );
+    if total.refilling > 0 {
+        println!("  {} partitions refused to readers by nodes refilling a lost store", total.refilling);
+    }
     if total.extra > 0 {
         println!("  {} partition copies held by nodes that no longer own them, to hand over and drop", total.extra);
     }

@@ -88,3 +88,12 @@ fn a_node_that_flaps_within_evict_after_changes_no_ring_and_moves_only_what_it_m
 fn a_node_whose_store_is_wiped_is_refilled_from_its_peers() {
     run_seeds(shoal_sim::Scenario::Wipe, 1..3);
 }
+
+/// The founding node (no seeds), wiped with its memory, came back as a cluster of one and
+/// answered "not found" for an acknowledged file (seed 176 of 250). A node that lost its
+/// store now waits to see another member, and refuses reads of a partition until it has
+/// exchanged it with enough co-owners that every acknowledged write meets one of them.
+#[test]
+fn a_wiped_node_neither_founds_a_cluster_of_its_own_nor_answers_reads_before_it_is_refilled() {
+    run_seeds(shoal_sim::Scenario::Wipe, 176..177);
+}

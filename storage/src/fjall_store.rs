@@ -100,6 +100,11 @@ pub struct FjallStore {
 }
 
 impl FjallStore {
+    /// Whether a store was made under `path` before (by [`open`](FjallStore::open)).
+    pub fn exists(path: &std::path::Path) -> bool {
+        path.join("db").exists()
+    }
+
     /// Opens (or creates) the store. Leftover temporary block files from a crash are removed:
     /// no record can name them, because a block is renamed into place before any record that
     /// names it is written.

@@ -40,6 +40,16 @@ struct Shared {
     timer: Notify,
     /// The members the core remembers, for the task that saves them.
     known: watch::Sender<ClusterMemory>,
+    /// The marker of a lost store, removed once the core has refilled it.
+    lost_marker: Mutex<Option<PathBuf>>,
+}
+
+/// How this run starts.
+pub struct Start {
+    /// Seeds were given: the node waits to join through them.
+    pub has_seeds: bool,
+    /// The marker of a lost store, if its store was lost ([`super::store_lost_marker`]).
+    pub lost_marker: Option<PathBuf>,
 }
 
 struct State {
@@ -94,16 +104,18 @@ impl Cluster {
         this: NodeId,
         store: Arc<FjallStore>,
         remembered: ClusterMemory,
-        has_seeds: bool,
+        start: Start,
         rpc: RpcClient,
         metrics: Arc<Metrics>,
         members_path: PathBuf,
     ) -> Cluster {
-        let core = NodeCore::new(now_us(), this, config, store.clone(), remembered.clone(), has_seeds);
+        let lost = start.lost_marker.is_some();
+        let core = NodeCore::new(now_us(), this, config, store.clone(), remembered.clone(), start.has_seeds, lost);
         let state = State { core, wakers: HashMap::new(), peers: HashMap::new(), timer_target: u64::MAX };
         let (known, saved) = watch::channel(remembered);
         tokio::spawn(save_known(members_path, saved));
-        let shared = Shared { state: Mutex::new(state), store, rpc, metrics, timer: Notify::new(), known };
+        let lost_marker = Mutex::new(start.lost_marker);
+        let shared = Shared { state: Mutex::new(state), store, rpc, metrics, timer: Notify::new(), known, lost_marker };
         Cluster { shared: Arc::new(shared) }
     }
 
@@ -189,6 +201,12 @@ impl Cluster {
             Event::Timeout(to) => tracing::debug!(%to, "a request timed out"),
             Event::Unreachable(to) => tracing::debug!(%to, "no address known for a member"),
             Event::SyncEnded(report) => metrics.observe_sync(&report),
+            Event::Refilled => {
+                let marker = self.shared.lost_marker.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+                if let Some(marker) = marker {
+                    tokio::task::spawn_blocking(move || forget_lost_store(&marker));
+                }
+            }
             Event::HandedOver { partitions, dropped, failure } => {
                 let result = if failure.is_some() { "failed" } else { "completed" };
                 metrics.handovers.get_or_create(&super::metrics::ResultLabels { result }).inc();
@@ -385,6 +403,16 @@ impl Download {
 
 /// The file in the data directory listing the members this node knows.
 pub const KNOWN_MEMBERS_FILE: &str = "members.json";
+
+/// Removes the lost-store marker, durably; if that fails the next start refills again.
+fn forget_lost_store(marker: &std::path::Path) {
+    let removed = std::fs::remove_file(marker)
+        .and_then(|()| marker.parent().map_or(Ok(()), |dir| std::fs::File::open(dir)?.sync_all()));
+    match removed {
+        Ok(()) => tracing::info!("the lost store is refilled; this node answers reads again"),
+        Err(err) => tracing::warn!(%err, marker = %marker.display(), "cannot remove the lost-store marker"),
+    }
+}
 
 /// What a previous run saved: members and settling partitions (nothing if the file is
 /// missing or unreadable). A file from before settling partitions were saved is the member

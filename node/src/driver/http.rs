@@ -452,6 +452,7 @@ fn durability_of(account: &shoal_core::node::Durability) -> api::Durability {
         rate_entries_per_sec: account.rate_entries_per_sec,
         rate_bytes_per_sec: account.rate_bytes_per_sec,
         eta_secs: account.eta_secs(),
+        refilling: account.refilling,
     }
 }
 

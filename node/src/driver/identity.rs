@@ -1,6 +1,6 @@
 //! The node's permanent id, made once and kept in the data directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rand::RngExt;
@@ -8,6 +8,24 @@ use shoal_storage::NodeId;
 
 const NODE_ID_FILE: &str = "node_id";
 const GENERATION_FILE: &str = "generation";
+const STORE_LOST_FILE: &str = "store_lost";
+
+/// Whether this data directory holds a node id: the node ran here before.
+pub fn has_node_id(data_dir: &Path) -> bool {
+    data_dir.join(NODE_ID_FILE).exists()
+}
+
+/// The marker of a lost store, if this node's store is lost: its identity is here from an
+/// earlier run but its store is not (`store_exists`: a wiped or replaced disk), now or at an
+/// earlier start whose refill has not finished. Written durably before the new store is
+/// made, so a crash during the refill still knows; the node removes it once refilled.
+pub fn store_lost_marker(data_dir: &Path, had_identity: bool, store_exists: bool) -> anyhow::Result<Option<PathBuf>> {
+    let marker = data_dir.join(STORE_LOST_FILE);
+    if had_identity && !store_exists && !marker.exists() {
+        write_durably(data_dir, STORE_LOST_FILE, "this node's store was lost; it refills from its peers\n")?;
+    }
+    Ok(marker.exists().then_some(marker))
+}
 
 /// Reads the node id from `data_dir/node_id`, or makes a random one and writes it durably.
 pub fn load_or_create_node_id(data_dir: &Path) -> anyhow::Result<NodeId> {
@@ -72,6 +90,18 @@ fn write_durably(dir: &Path, name: &str, contents: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_gone_under_a_kept_identity_is_marked_lost_until_the_marker_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(store_lost_marker(dir.path(), false, false).expect("first start"), None);
+        assert_eq!(store_lost_marker(dir.path(), true, true).expect("a restart"), None);
+        let marker = store_lost_marker(dir.path(), true, false).expect("wiped").expect("marked");
+        // A crash before the refill ends: the store exists now, the marker stays.
+        assert_eq!(store_lost_marker(dir.path(), true, true).expect("restart"), Some(marker.clone()));
+        std::fs::remove_file(&marker).expect("refilled");
+        assert_eq!(store_lost_marker(dir.path(), true, true).expect("after"), None);
+    }
 
     #[test]
     fn the_node_id_is_made_once_and_then_kept() {

@@ -141,7 +141,13 @@ impl Metrics {
 
     /// Brings the durability gauges up to date with the core's account.
     pub fn observe_durability(&self, account: &shoal_core::node::Durability) {
-        for (state, count) in [("full", account.full), ("fewer", account.fewer), ("extra", account.extra)] {
+        let states = [
+            ("full", account.full),
+            ("fewer", account.fewer),
+            ("extra", account.extra),
+            ("refilling", account.refilling),
+        ];
+        for (state, count) in states {
             self.partitions_copies.get_or_create(&StateLabels { state }).set(count as i64);
         }
         self.repair_backlog_entries.set(account.backlog_entries as i64);
@@ -224,7 +230,7 @@ impl Metrics {
         let partitions_copies = Family::<StateLabels, Gauge>::default();
         registry.register(
             "partitions_copies",
-            "Partitions this node answers for with N confirmed copies (full) or fewer, and partitions it holds extra copies of",
+            "Partitions this node answers for with N confirmed copies (full) or fewer, partitions it holds extra copies of, and partitions it refills after losing its store",
             partitions_copies.clone(),
         );
         let repair_backlog_entries = Gauge::default();

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::core::files::FileError;
 
-pub use identity::{load_or_create_node_id, next_generation};
+pub use identity::{has_node_id, load_or_create_node_id, next_generation, store_lost_marker};
 
 use gossip::Gossip;
 
@@ -79,12 +79,21 @@ impl Node {
         config.validate()?;
         // File IO blocks: off the async workers, like every store call.
         let data_dir = config.data_dir.clone();
-        let (node_id, generation) = tokio::task::spawn_blocking(move || -> anyhow::Result<(NodeId, u64)> {
+        let (node_id, generation, lost_marker) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-            Ok((load_or_create_node_id(&data_dir)?, next_generation(&data_dir, now_ms() / 1000)?))
+            let had_identity = has_node_id(&data_dir);
+            let node_id = load_or_create_node_id(&data_dir)?;
+            let lost_marker = store_lost_marker(&data_dir, had_identity, FjallStore::exists(&data_dir))?;
+            Ok((node_id, next_generation(&data_dir, now_ms() / 1000)?, lost_marker))
         })
         .await??;
+        if let Some(marker) = &lost_marker {
+            tracing::warn!(
+                marker = %marker.display(),
+                "this node's store was lost (its identity is kept): it refuses reads until refilled from its peers"
+            );
+        }
         let store_config = FjallStoreConfig {
             path: config.data_dir.clone(),
             disk_reserve_bytes: config.disk_reserve_bytes,
@@ -165,7 +174,7 @@ impl Node {
             node_id,
             store.clone(),
             remembered,
-            !config.seeds.is_empty(),
+            cluster::Start { has_seeds: !config.seeds.is_empty(), lost_marker },
             rpc_client,
             metrics.clone(),
             members_path,

@@ -103,14 +103,15 @@ pub(super) fn heal_and_check(
             "anti-entropy (all nodes)",
             format!(
                 "{} exchanges ({} stopped early), {} records and {} blocks copied; {} hand-overs ({} not confirmed), \
-                 {} partition copies dropped",
+                 {} partition copies dropped; {} lost stores refilled",
                 stats.sync_exchanges,
                 stats.sync_failed,
                 stats.sync_records,
                 stats.sync_blocks,
                 stats.handovers,
                 stats.handovers_failed,
-                stats.copies_dropped
+                stats.copies_dropped,
+                stats.refills
             ),
         ),
     ])

@@ -196,6 +196,7 @@ pub(super) fn wipe(options: &ScenarioOptions) -> Result<Summary, CheckFailure> {
     let refilled = sim.store(wiped).scan_files(None, usize::MAX).map_or(0, |files| files.len());
     sim.check(held == 0 || refilled > 0, || format!("node {wiped} held {held} files before the wipe and none after"))?;
     sim.check(after.sync_blocks > before.sync_blocks, || format!("no block was copied back: {after:?}"))?;
+    sim.check(after.refills > before.refills, || format!("node {wiped} never reported its store refilled"))?;
     facts.push(fact("refilled", format!("{refilled} file records back on node {wiped}")));
     check_full_redundancy(&mut sim)?;
     Ok(Summary::new(Scenario::Wipe, &sim, facts))

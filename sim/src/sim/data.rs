@@ -85,6 +85,8 @@ pub struct DataStats {
     pub handovers_failed: u64,
     /// Partition copies (per kind) dropped after a confirmed hand-over.
     pub copies_dropped: u64,
+    /// Nodes that refilled a wiped store and answer reads again.
+    pub refills: u64,
     /// Client operations started.
     pub client_ops: u64,
 }
@@ -135,6 +137,9 @@ pub(super) struct DataNode {
     /// The members its core remembers, kept across restarts like the real node's
     /// `members.json`.
     known: ClusterMemory,
+    /// Its store was wiped and its core has not yet reported it refilled: every start says
+    /// so, like the real node's `store_lost` marker.
+    lost_store: bool,
     /// The membership view last handed to the core.
     fed: Option<Vec<MemberView>>,
     /// When the pending timeout event of this run fires (virtual µs).
@@ -157,6 +162,7 @@ impl DataNode {
             clock_offset_us,
             core: None,
             known: ClusterMemory::default(),
+            lost_store: false,
             fed: None,
             timer_at: None,
             serving: BTreeMap::new(),
@@ -259,6 +265,7 @@ impl Sim {
         let node = self.data_node_mut(index);
         node.store = Arc::new(MemStore::new(capacity));
         node.known = ClusterMemory::default();
+        node.lost_store = true;
         self.record_action(format_args!("wipe {index}"));
     }
 
@@ -308,7 +315,7 @@ impl Sim {
         let has_seeds = self.config.seeds.iter().any(|&seed| seed != index);
         let now = self.wall_clock_us(index);
         let node = self.data_node_mut(index);
-        let core = NodeCore::new(now, id, config, node.store.clone(), node.known.clone(), has_seeds);
+        let core = NodeCore::new(now, id, config, node.store.clone(), node.known.clone(), has_seeds, node.lost_store);
         node.core = Some(core);
         node.fed = None;
         node.timer_at = None;
@@ -448,6 +455,11 @@ impl Sim {
                 stats.handovers += 1;
                 stats.handovers_failed += u64::from(failure.is_some());
                 stats.copies_dropped += dropped as u64;
+            }
+            Event::Refilled => {
+                stats.refills += 1;
+                self.data_node_mut(index).lost_store = false;
+                self.record_action(format_args!("refilled {index}"));
             }
             Event::WriteInDoubt | Event::BlockUnavailable(_) => {}
         }

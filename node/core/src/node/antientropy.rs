@@ -19,12 +19,13 @@ use shoal_membership::{PARTITIONS, Partition};
 use shoal_storage::{NodeId, Store, StoreError};
 
 use crate::replication::placement::same_owners;
-use crate::replication::{DrainOutcome, DrainSession, PartitionSet, Placement, SettleCheck, SyncSession};
+use crate::replication::{DrainOutcome, DrainSession, PartitionSet, Placement, SettleCheck, SettleReport, SyncSession};
 
 use super::budget::RepairBudget;
 use super::config::micros;
 use super::durability::RepairMeter;
 use super::ops::{AnyOp, AnyOutput, Purpose};
+use super::refill::Refill;
 use super::store_work::StoreWork;
 use super::{Event, JobPurpose, NodeCore, Timer};
 
@@ -64,8 +65,9 @@ pub(crate) struct SyncState {
     /// Per partition this node keeps: each peer it last completed an exchange of it with,
     /// and when (µs, this node's clock) that exchange started.
     pub(super) exchanges: BTreeMap<Partition, BTreeMap<NodeId, u64>>,
-    /// Per settling partition: its owner sets, and since when (µs) it has had them.
-    settling_since: BTreeMap<Partition, (Vec<Vec<NodeId>>, u64)>,
+    /// Per settling partition: its owner sets, since when it has had them, and since when
+    /// exchanges of it are evidence.
+    settling_since: BTreeMap<Partition, Dated>,
     /// Looks in a row that changed nothing, since the placement last moved: each doubles
     /// the wait before the next (up to [`SETTLE_BACKOFF_MAX`] doublings), so a transition
     /// that cannot end yet (owners away, views apart) costs little.
@@ -76,13 +78,35 @@ pub(crate) struct SyncState {
     pub(super) meter: RepairMeter,
     /// The bandwidth repair may use.
     pub(super) budget: RepairBudget,
+    /// What is left to refill of a store this node lost, if it lost one.
+    pub(super) refill: Option<Refill>,
 }
 
 impl SyncState {
+    /// The schedule of a node that starts, refilling a lost store if `refill` says so.
+    pub(super) fn new(refill: Option<Refill>) -> SyncState {
+        SyncState { refill, ..SyncState::default() }
+    }
+
     /// How many co-owners the schedule visits in turn.
     pub(super) fn peer_count(&self) -> usize {
         self.peers.len()
     }
+}
+
+/// A settling partition's owner sets, dated.
+#[derive(Debug)]
+struct Dated {
+    sets: Vec<Vec<NodeId>>,
+    /// When this node took these sets in (µs).
+    since_us: u64,
+    /// From when an exchange of the partition is evidence (µs), once a look found every
+    /// coordinating member writing to the same current owners: until then a member whose view
+    /// lags may still acknowledge writes on previous owners only, after an exchange between
+    /// them and a current owner has started. Its writes already sent arrive within an RPC
+    /// timeout of its answer, or never, so the date is that far after the look. Only
+    /// evidence gathered at a look (identical digests) counts before.
+    exchanges_from_us: Option<u64>,
 }
 
 /// Doublings of the wait between two looks that found nothing.
@@ -247,7 +271,10 @@ impl<S: Store> NodeCore<S> {
         let due = now_us >= self.sync.settle_not_before_us;
         if self.view.is_ready() && placement.in_transition() && !self.sync.settle_running && due {
             self.sync.settle_running = true;
-            let since = self.sync.settling_since.iter().map(|(partition, (_, since))| (*partition, *since)).collect();
+            let since = self.sync.settling_since.iter().map(|(partition, dated)| {
+                (*partition, dated.exchanges_from_us.map_or(u64::MAX, |from| from.max(dated.since_us)))
+            });
+            let since = since.collect();
             let exchanges = self.exchanges_of(now_us, placement.settling().keys().copied());
             // Members the view shows down would only run the look into its timeout.
             let members: Vec<NodeId> =
@@ -260,6 +287,7 @@ impl<S: Store> NodeCore<S> {
     pub(crate) fn settle_checked(&mut self, now_us: u64, outcome: AnyOutput) {
         let AnyOutput::Settle(report) = outcome else { panic!("a settle check answers with its report") };
         self.sync.settle_running = false;
+        self.date_exchange_evidence(now_us, &report);
         let findings = &report.findings;
         if findings.is_empty() {
             self.sync.settle_idle = (self.sync.settle_idle + 1).min(SETTLE_BACKOFF_MAX);
@@ -275,6 +303,25 @@ impl<S: Store> NodeCore<S> {
         }
     }
 
+    /// Dates exchange evidence of each partition the look agreed on from now (plus an RPC
+    /// timeout), unless it is already dated; a partition views disagreed on counts no
+    /// exchange until a later look agrees.
+    fn date_exchange_evidence(&mut self, now_us: u64, report: &SettleReport) {
+        let from = now_us.saturating_add(micros(self.config.rpc_timeout));
+        for partition in report.placement.settling().keys().take(report.checked) {
+            let Some(dated) = self.sync.settling_since.get_mut(partition) else { continue };
+            // The look was for these sets (the placement may have moved meanwhile).
+            if !same_sets(&dated.sets, &report.placement.partition_sets(*partition)) {
+                continue;
+            }
+            if report.agreed.contains(partition) {
+                dated.exchanges_from_us.get_or_insert(from);
+            } else {
+                dated.exchanges_from_us = None;
+            }
+        }
+    }
+
     pub(crate) fn sync_ended(&mut self, outcome: AnyOutput) {
         let AnyOutput::Sync(report) = outcome else { panic!("an exchange answers with its report") };
         self.sync.running = false;
@@ -287,6 +334,7 @@ impl<S: Store> NodeCore<S> {
             for partition in partitions.iter() {
                 self.sync.exchanges.entry(partition).or_default().insert(report.peer, started_us);
             }
+            self.refill_advance();
         }
         self.sync.meter.exchange_ended(&report);
         self.out.events.push_back(Event::SyncEnded(report));
@@ -318,13 +366,14 @@ impl<S: Store> NodeCore<S> {
         self.sync.settling_since.retain(|partition, _| settling.contains_key(partition));
         for partition in settling.keys() {
             let sets = placement.partition_sets(*partition);
-            let dated = self.sync.settling_since.get(partition).is_some_and(|(known, _)| same_sets(known, &sets));
+            let dated = self.sync.settling_since.get(partition).is_some_and(|known| same_sets(&known.sets, &sets));
             if !dated {
-                self.sync.settling_since.insert(*partition, (sets, now_us));
+                self.sync.settling_since.insert(*partition, Dated { sets, since_us: now_us, exchanges_from_us: None });
             }
         }
         let this = self.this;
         self.sync.exchanges.retain(|partition, _| placement.keeps(this, *partition));
+        self.refill_advance();
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Durability {
     pub rate_entries_per_sec: f64,
     /// Block bytes copied per second, over about the last minute.
     pub rate_bytes_per_sec: f64,
+    /// Partitions whose reads this node refuses until it has refilled its lost store.
+    pub refilling: u64,
 }
 
 impl Durability {
@@ -118,7 +120,8 @@ impl<S: Store> NodeCore<S> {
         let live = |node: NodeId| node == self.this || self.view.is_live(node);
         let draining = self.sync.draining.as_ref().map_or(0, |set| set.len());
         let extra = (self.sync.misplaced.len() + draining) as u64;
-        let mut account = Durability { extra, ..Durability::default() };
+        let refilling = self.refilling() as u64;
+        let mut account = Durability { extra, refilling, ..Durability::default() };
         for partition in Partition::all() {
             let owners = placement.owners(partition);
             if owners.iter().copied().find(|owner| live(*owner)) != Some(self.this) {

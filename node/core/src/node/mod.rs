@@ -8,6 +8,7 @@ mod clients;
 mod config;
 mod durability;
 mod ops;
+mod refill;
 mod store_work;
 mod view;
 
@@ -30,6 +31,7 @@ use antientropy::SyncState;
 use clients::ClientState;
 use config::micros;
 use ops::{AnyOp, OpId, Purpose, Running};
+use refill::Refill;
 use view::ViewState;
 
 /// Names a client operation (an upload, a read, a file operation) of one node.
@@ -115,6 +117,9 @@ pub enum Event {
         /// Why it was not confirmed, if it was not.
         failure: Option<String>,
     },
+    /// A node started on a lost store has refilled every partition it keeps from its
+    /// co-owners and answers reads again (the driver may forget that its store was lost).
+    Refilled,
 }
 
 /// A request in flight and when it times out.
@@ -219,6 +224,12 @@ impl<S: Store> NodeCore<S> {
     /// Node `this` over `store`, placing data by the members `remembered` from its previous
     /// run (see [`Event::KnownMembers`]). A node started with seeds (`has_seeds`) coordinates
     /// nothing until it has seen another member alive.
+    ///
+    /// `lost_store`: this node ran before, and its store has since been lost (until an
+    /// [`Event::Refilled`] of a later run, every start must say so). It refuses reads until
+    /// anti-entropy has refilled it (`refill.rs`) and, unless it remembers being alone, waits
+    /// to see another member as if it had seeds: a founding node with an empty store and no
+    /// memory would otherwise form a cluster of one.
     pub fn new(
         now_us: u64,
         this: NodeId,
@@ -226,9 +237,13 @@ impl<S: Store> NodeCore<S> {
         store: Arc<S>,
         remembered: ClusterMemory,
         has_seeds: bool,
+        lost_store: bool,
     ) -> NodeCore<S> {
         assert!(config.validate().is_ok(), "invalid core config: {:?}", config.validate());
-        let view = ViewState::new(now_us, this, &config, remembered, has_seeds);
+        let was_alone =
+            !remembered.members.is_empty() && remembered.members.iter().all(|member| member.node_id == this.0);
+        let waits = has_seeds || (lost_store && !was_alone);
+        let view = ViewState::new(now_us, this, &config, remembered, waits);
         let mut core = NodeCore {
             this,
             coordinator: Coordinator::new(this, config.block_size_bytes),
@@ -246,7 +261,7 @@ impl<S: Store> NodeCore<S> {
             immediate: VecDeque::new(),
             clients: BTreeMap::new(),
             next_client: 0,
-            sync: SyncState::default(),
+            sync: SyncState::new(lost_store.then(|| Refill::new(now_us))),
             out: Outputs::default(),
         };
         // A restarted node's remembered transitions are dated from its start.
@@ -333,7 +348,10 @@ impl<S: Store> NodeCore<S> {
                 let coordinating = self.view.for_client().is_ok();
                 self.out.peer_replies.push_back(PeerReply { id, reply: Reply::OwnerSets { coordinating, owners } });
             }
-            request => self.queue_job(StoreWork::Serve(request), JobPurpose::Peer(id)),
+            request => match self.refuses(&request) {
+                Some(refusal) => self.out.peer_replies.push_back(PeerReply { id, reply: Reply::Refused(refusal) }),
+                None => self.queue_job(StoreWork::Serve(request), JobPurpose::Peer(id)),
+            },
         }
         id
     }
@@ -488,7 +506,10 @@ impl<S: Store> NodeCore<S> {
         self.messages.insert(id, Pending { op, token, to, deadline_us });
         self.arm(deadline_us, Timer::Rpc(id));
         if to == self.this {
-            self.queue_job(StoreWork::Serve(request), JobPurpose::Local(id));
+            match self.refuses(&request) {
+                Some(refusal) => self.immediate.push_back((id, Ok(Reply::Refused(refusal)))),
+                None => self.queue_job(StoreWork::Serve(request), JobPurpose::Local(id)),
+            }
         } else if let Some(addr) = self.view.rpc_addr(to) {
             self.out.transmits.push_back(Transmit { id, to, addr, request });
         } else {

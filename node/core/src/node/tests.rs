@@ -45,7 +45,8 @@ fn config() -> CoreConfig {
 /// Node 0 of a cluster of nodes 0 and 1, both alive.
 fn pair(has_seeds: bool) -> NodeCore<MemStore> {
     let this = NodeId(view(0, MemberState::Alive).identity.node_id);
-    let mut core = NodeCore::new(NOW, this, config(), Arc::new(MemStore::new(1 << 30)), Default::default(), has_seeds);
+    let mut core =
+        NodeCore::new(NOW, this, config(), Arc::new(MemStore::new(1 << 30)), Default::default(), has_seeds, false);
     core.handle_membership(NOW, vec![view(0, MemberState::Alive), view(1, MemberState::Alive)]);
     core
 }
@@ -61,7 +62,8 @@ fn run_jobs(core: &mut NodeCore<MemStore>, now: u64) {
 #[test]
 fn a_node_with_seeds_refuses_clients_until_it_sees_another_member_alive() {
     let this = NodeId(view(0, MemberState::Alive).identity.node_id);
-    let mut core = NodeCore::new(NOW, this, config(), Arc::new(MemStore::new(1 << 30)), Default::default(), true);
+    let mut core =
+        NodeCore::new(NOW, this, config(), Arc::new(MemStore::new(1 << 30)), Default::default(), true, false);
     assert!(matches!(core.start_stat(NOW, "/a"), Err(FileError::Unavailable(_))));
     core.handle_membership(NOW, vec![view(0, MemberState::Alive), view(1, MemberState::Down)]);
     assert!(!core.is_ready(), "a down member is no sign of having joined");

@@ -85,14 +85,16 @@ pub fn serve_sync<S: Store + ?Sized>(store: &S, request: SyncRpc) -> Result<Repl
         return Ok(Reply::Refused(Refusal::Other(why)));
     }
     Ok(match request {
+        // Digests first, then the sync: every write the digests show returned before the
+        // sync started, so all of it is durable when the answer goes out.
         SyncRpc::Roots { partitions, durable } => {
-            if durable {
-                store.sync()?;
-            }
             let mut roots = Vec::with_capacity(DigestKind::ALL.len());
             for kind in DigestKind::ALL {
                 let mut prefixes = partitions.iter().filter_map(|p| Prefix::new(PARTITION_BITS as u8, u64::from(p.0)));
                 roots.push(store.digest_sum(kind, &mut prefixes)?.short());
+            }
+            if durable {
+                store.sync()?;
             }
             Reply::Roots(roots)
         }
@@ -120,12 +122,12 @@ pub fn serve_sync<S: Store + ?Sized>(store: &S, request: SyncRpc) -> Result<Repl
             Reply::Refused(Refusal::Other("owner sets come from the node, not its store".into()))
         }
         SyncRpc::Partitions { partitions, durable } => {
-            if durable {
-                store.sync()?;
-            }
             let mut out = Vec::with_capacity(partitions.len());
             for partition in partitions.iter() {
                 out.push(partition_digest(store, partition)?);
+            }
+            if durable {
+                store.sync()?;
             }
             Reply::PartitionDigests(out)
         }

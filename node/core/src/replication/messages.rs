@@ -262,6 +262,10 @@ pub enum Refusal {
     /// Anything else, described.
     #[error("{0}")]
     Other(String),
+    /// It lost its store and has not yet refilled this key's partition from the other
+    /// owners: its answer could miss acknowledged writes.
+    #[error("a replica is refilling its lost store")]
+    Refilling,
 }
 
 impl From<StoreError> for Refusal {

@@ -33,6 +33,9 @@ pub struct SettleReport {
     pub checked: usize,
     /// What the look found.
     pub findings: Findings,
+    /// The partitions looked at that every coordinating node that answered writes to the
+    /// same current owners as this one (and no other set was found for).
+    pub agreed: BTreeSet<Partition>,
 }
 
 /// What a token asked.
@@ -246,8 +249,10 @@ impl Op for SettleCheck {
             }
             findings.vouched.extend(vouched.into_iter().map(|set| (*partition, set.clone())));
         }
+        let agreed = self.placement.settling().keys().take(self.checked).copied();
+        let agreed = agreed.filter(|p| !self.found.0.contains_key(p) && !self.diverged.contains(p)).collect();
         findings.found = std::mem::take(&mut self.found).into_list();
-        Some(SettleReport { placement: self.placement.clone(), checked: self.checked, findings })
+        Some(SettleReport { placement: self.placement.clone(), checked: self.checked, findings, agreed })
     }
 
     fn is_finished(&self) -> bool {

@@ -177,7 +177,11 @@ impl SyncSession {
 
     fn ask(&mut self, question: Question) {
         let request = Request::Sync(match &question {
-            Question::Roots => SyncRpc::Roots { partitions: self.partitions.clone(), durable: false },
+            // Durable: a complete exchange is evidence that settles partitions, confirms
+            // copies and ends refills, so what it compares must outlive a crash of either
+            // side (one shared fsync per side and exchange; what it merges later is durable
+            // before it is acknowledged).
+            Question::Roots => SyncRpc::Roots { partitions: self.partitions.clone(), durable: true },
             Question::Children(kind, prefixes) => {
                 let above = prefixes.iter().any(|prefix| prefix.bits() < PARTITION_BITS as u8);
                 let partitions = above.then(|| self.partitions.clone());
