@@ -1,5 +1,5 @@
-//! Heal throughput (docs/ARCHITECTURE.md §7): four nodes on loopback, N = 3. After at least
-//! 1 GiB of 1 MiB files is written, one node is killed, its data directory wiped (identity
+//! Heal throughput (docs/ARCHITECTURE.md §7): four nodes on loopback, N = 3. After 2 GiB of
+//! 1 MiB files is written (the node to be wiped holds about 1.5 GiB of it), one node is killed, its data directory wiped (identity
 //! kept, as after a disk swap) and restarted empty; the others refill it through
 //! anti-entropy while a client keeps reading through the other three. Judged against the
 //! node's durable per-block write ceiling measured in the same run, and the client's p99
@@ -29,6 +29,9 @@ pub struct HealArgs {
     /// 64 MiB instead of 1 GiB, for a smoke run (figures meaningless).
     #[arg(long)]
     quick: bool,
+    /// MiB of 1 MiB files in the data set (at 2,048, the wiped node holds about 1.5 GiB).
+    #[arg(long, default_value_t = 2048)]
+    mib: usize,
     /// Extra flag for every `shoal serve` started (repeatable), such as
     /// `--node-arg=--repair-bytes-per-sec=268435456`.
     #[arg(long, allow_hyphen_values = true)]
@@ -37,7 +40,7 @@ pub struct HealArgs {
 
 /// Runs the benchmark and prints the report.
 pub async fn run(args: HealArgs) -> anyhow::Result<()> {
-    let mib_total = if args.quick { 64 } else { 1024 };
+    let mib_total = if args.quick { 64 } else { args.mib };
     let mut report = Report::default();
     report.note(crate::cluster::machine_line());
     report.note(format!("load average at start: {}", crate::load_average()));

@@ -19,7 +19,9 @@ use shoal_membership::{PARTITIONS, Partition};
 use shoal_storage::{NodeId, Store, StoreError};
 
 use crate::replication::placement::same_owners;
-use crate::replication::{DrainOutcome, DrainSession, PartitionSet, Placement, SettleCheck, SettleReport, SyncSession};
+use crate::replication::{
+    DrainOutcome, DrainSession, Exchanged, PartitionSet, Placement, SettleCheck, SettleReport, SyncSession,
+};
 
 use super::budget::RepairBudget;
 use super::config::micros;
@@ -62,9 +64,8 @@ pub(crate) struct SyncState {
     settle_running: bool,
     /// The exchange in flight: when it started and the partitions it covers.
     exchange: Option<(u64, PartitionSet)>,
-    /// Per partition this node keeps: each peer it last completed an exchange of it with,
-    /// and when (µs, this node's clock) that exchange started.
-    pub(super) exchanges: BTreeMap<Partition, BTreeMap<NodeId, u64>>,
+    /// Per partition this node keeps: each peer it completed exchanges of it with.
+    pub(super) exchanges: BTreeMap<Partition, BTreeMap<NodeId, Exchange>>,
     /// Per settling partition: its owner sets, since when it has had them, and since when
     /// exchanges of it are evidence.
     settling_since: BTreeMap<Partition, Dated>,
@@ -92,6 +93,15 @@ impl SyncState {
     pub(super) fn peer_count(&self) -> usize {
         self.peers.len()
     }
+}
+
+/// When (µs, this node's clock) the last complete exchanges of a partition with one peer
+/// started: the last (this node then came to hold all the peer held), and the last that was
+/// mutual (the peer then held all this node held, too).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Exchange {
+    pub(super) pulled_us: u64,
+    pub(super) mutual_us: Option<u64>,
 }
 
 /// A settling partition's owner sets, dated.
@@ -145,7 +155,9 @@ impl<S: Store> NodeCore<S> {
         self.sync.running = true;
         self.sync.exchange = Some((now_us, partitions.clone()));
         let (transfers, cost) = (self.config.repair_transfers_max, self.config.block_size_bytes as u64);
-        let session = SyncSession::new(self.this, peer, partitions, transfers, cost);
+        // Blocks only come in: the peer fills itself in its own exchanges, so several
+        // exchanges with one lacking node never copy it the same block twice.
+        let session = SyncSession::pulling(self.this, peer, partitions, transfers, cost);
         let id = self.start_op(now_us, Purpose::Sync, AnyOp::Sync(Box::new(session)));
         self.sync.budget.repairing = Some(id);
     }
@@ -331,8 +343,13 @@ impl<S: Store> NodeCore<S> {
         if let Some((started_us, partitions)) = self.sync.exchange.take()
             && report.complete
         {
+            let mutual_us = report.mutual.then_some(started_us);
             for partition in partitions.iter() {
-                self.sync.exchanges.entry(partition).or_default().insert(report.peer, started_us);
+                let peers = self.sync.exchanges.entry(partition).or_default();
+                let last = peers.insert(report.peer, Exchange { pulled_us: started_us, mutual_us });
+                if let (Some(last), Some(exchange)) = (last, peers.get_mut(&report.peer)) {
+                    exchange.mutual_us = exchange.mutual_us.or(last.mutual_us);
+                }
             }
             self.refill_advance();
         }
@@ -342,16 +359,21 @@ impl<S: Store> NodeCore<S> {
 
     /// This node's completed exchanges of `partitions`, as it answers
     /// [`SyncRpc::OwnerSets`](crate::replication::SyncRpc::OwnerSets): per partition, each
-    /// peer with how long ago (µs) the last exchange with it started.
+    /// peer with how long ago (µs) the last exchanges with it started.
     pub(crate) fn exchanges_of(
         &self,
         now_us: u64,
         partitions: impl Iterator<Item = Partition>,
-    ) -> BTreeMap<Partition, Vec<(NodeId, u64)>> {
+    ) -> BTreeMap<Partition, Vec<Exchanged>> {
+        let exchanged = |(peer, exchange): (&NodeId, &Exchange)| Exchanged {
+            peer: *peer,
+            pulled_age_us: now_us.saturating_sub(exchange.pulled_us),
+            mutual_age_us: exchange.mutual_us.map(|at| now_us.saturating_sub(at)),
+        };
         partitions
             .filter_map(|partition| {
                 let peers = self.sync.exchanges.get(&partition)?;
-                Some((partition, peers.iter().map(|(peer, at)| (*peer, now_us.saturating_sub(*at))).collect()))
+                Some((partition, peers.iter().map(exchanged).collect()))
             })
             .collect()
     }

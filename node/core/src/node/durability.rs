@@ -157,15 +157,17 @@ impl<S: Store> NodeCore<S> {
         account
     }
 
-    /// Copies of `partition` (owned by `owners`) confirmed by exchanges that started within
-    /// `window` µs before `now_us`, this node's own included.
+    /// Copies of `partition` (owned by `owners`) confirmed by mutual exchanges (each side
+    /// then held what either held) that started within `window` µs before `now_us`, this
+    /// node's own included.
     pub(super) fn confirmed_copies(&self, partition: Partition, owners: &[NodeId], now_us: u64, window: u64) -> u64 {
         let recent = self.sync.exchanges.get(&partition);
         let confirmed = owners
             .iter()
             .filter(|owner| **owner != self.this && self.view.is_live(**owner))
             .filter(|owner| {
-                recent.and_then(|peers| peers.get(owner)).is_some_and(|at| now_us.saturating_sub(*at) <= window)
+                let mutual = recent.and_then(|peers| peers.get(owner)).and_then(|exchange| exchange.mutual_us);
+                mutual.is_some_and(|at| now_us.saturating_sub(at) <= window)
             })
             .count() as u64;
         1 + confirmed

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use shoal_membership::Partition;
 use shoal_storage::{NodeId, Store};
 
+use super::antientropy::Exchange;
 use super::{Event, NodeCore};
 use crate::replication::placement::partition_of;
 use crate::replication::{Placement, RecordRpc, Refusal, Request};
@@ -51,7 +52,7 @@ impl Refill {
         &mut self,
         this: NodeId,
         placement: &Placement,
-        exchanges: &BTreeMap<Partition, BTreeMap<NodeId, u64>>,
+        exchanges: &BTreeMap<Partition, BTreeMap<NodeId, Exchange>>,
     ) {
         let since = self.since_us;
         let w = placement.need(placement.quorum().w);
@@ -60,7 +61,8 @@ impl Refill {
                 return false;
             }
             let synced = exchanges.get(partition);
-            let since_start = |peer: &NodeId| synced.and_then(|peers| peers.get(peer)).is_some_and(|at| *at >= since);
+            let since_start =
+                |peer: &NodeId| synced.and_then(|peers| peers.get(peer)).is_some_and(|at| at.pulled_us >= since);
             !placement.partition_sets(*partition).iter().filter(|set| set.contains(&this)).all(|set| {
                 let others = set.len() - 1;
                 let need = (set.len() - w.min(set.len()) + 1).min(others);
@@ -128,7 +130,7 @@ mod tests {
         let placement = placement_of(this, &nodes);
         let owned = owned(&placement, this);
         let mut refill = Refill::new(100);
-        let mut exchanges: BTreeMap<Partition, BTreeMap<NodeId, u64>> = BTreeMap::new();
+        let mut exchanges: BTreeMap<Partition, BTreeMap<NodeId, Exchange>> = BTreeMap::new();
         refill.advance(this, &placement, &exchanges);
         assert_eq!(refill.len(), owned.len(), "partitions it does not keep need no refill");
 
@@ -136,14 +138,14 @@ mod tests {
         // node and the second, may still be missing.
         for (partition, others) in &owned {
             let peers = exchanges.entry(*partition).or_default();
-            peers.insert(others[0], 100);
-            peers.insert(others[1], 99);
+            peers.insert(others[0], Exchange { pulled_us: 100, mutual_us: None });
+            peers.insert(others[1], Exchange { pulled_us: 99, mutual_us: Some(99) });
         }
         refill.advance(this, &placement, &exchanges);
         assert_eq!(refill.len(), owned.len());
 
         for (partition, others) in &owned {
-            exchanges.entry(*partition).or_default().insert(others[1], 150);
+            exchanges.entry(*partition).or_default().insert(others[1], Exchange { pulled_us: 150, mutual_us: None });
         }
         refill.advance(this, &placement, &exchanges);
         assert_eq!(refill.len(), 0);

@@ -241,10 +241,22 @@ pub enum Reply {
 pub struct PartitionOwners {
     /// The owner sets honoured (the current one first).
     pub sets: Vec<Vec<NodeId>>,
-    /// If asked: each peer this node last completed an anti-entropy exchange of the partition
-    /// with, and how long before answering (µs) that exchange started. Both then held what
-    /// either held when it started.
-    pub exchanges: Vec<(NodeId, u64)>,
+    /// If asked: each peer this node completed anti-entropy exchanges of the partition with.
+    pub exchanges: Vec<Exchanged>,
+}
+
+/// The anti-entropy exchanges one node ran of one partition with one peer, dated by how long
+/// before the answer (µs) they started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exchanged {
+    /// The peer.
+    pub peer: NodeId,
+    /// The last complete one: the node then came to hold everything the peer held when it
+    /// started (an exchange copies blocks only into the node that runs it).
+    pub pulled_age_us: u64,
+    /// The last complete one that also found the peer lacking nothing the node held, if
+    /// any: both then held what either held.
+    pub mutual_age_us: Option<u64>,
 }
 
 /// Why a replica refused a request.

@@ -18,7 +18,7 @@ pub use digests::PartitionSet;
 pub use drain::{DrainOutcome, DrainSession};
 pub use local::LocalCluster;
 pub use messages::{
-    BlockRpc, PartitionOwners, RecordKey, RecordRpc, RecordValue, Refusal, Reply, Request, RpcError, SyncRpc,
+    BlockRpc, Exchanged, PartitionOwners, RecordKey, RecordRpc, RecordValue, Refusal, Reply, Request, RpcError, SyncRpc,
 };
 pub use placement::{
     ClusterMemory, Findings, KnownMember, Placement, PlacementTracker, Quorum, Settling, Sources, partition_of,

@@ -208,10 +208,10 @@ impl Placement {
     }
 
     /// Whether the evidence gathered on owners of a settling `partition` proves its change
-    /// complete (docs/ARCHITECTURE.md §5). Two owners are *linked* when each is known to hold
-    /// everything the other held at some moment since the partition began settling: they
-    /// showed one identical durable digest (`digests`), or one of them completed an
-    /// anti-entropy exchange of the partition with the other (`synced`). The change is
+    /// complete (docs/ARCHITECTURE.md §5). Owner `a` is *linked* to owner `b` when `a` is
+    /// known to hold everything `b` held at some moment since the partition began settling:
+    /// they showed one identical durable digest (`digests`, which links both ways), or an
+    /// anti-entropy exchange brought `a` all `b` held (`synced` holds `(a, b)`). The change is
     /// complete when some group of current owners that meets every current read quorum is
     /// linked, each of its members, to enough owners of every previous set to meet each of
     /// that set's write quorums: every write acknowledged under a previous set is then on
@@ -245,9 +245,7 @@ impl Placement {
             (current.len() + 1).saturating_sub(r).max(w.min(current.len())).clamp(1, current.len().max(1));
         let digest = |node: NodeId| digests.iter().find(|(n, _)| *n == node).map(|(_, d)| *d);
         let linked = |a: NodeId, b: NodeId| {
-            a == b
-                || digest(a).is_some_and(|d| digest(b) == Some(d))
-                || synced.iter().any(|pair| *pair == (a, b) || *pair == (b, a))
+            a == b || digest(a).is_some_and(|d| digest(b) == Some(d)) || synced.contains(&(a, b))
         };
         // Owner sets have at most N members: every group of current owners can be tried.
         let owners = &current[..current.len().min(16)];
@@ -757,16 +755,20 @@ mod tests {
         let digests: Vec<(NodeId, u64)> = old.iter().chain(&now).enumerate().map(|(i, n)| (*n, i as u64)).collect();
         assert!(!placement.settled_by(p, &digests, &[]));
         let common: Vec<NodeId> = old.iter().filter(|n| now.contains(n)).copied().collect();
-        assert!(placement.settled_by(p, &digests, &[(common[1], common[0])]), "either side's exchange counts");
+        // Linked both ways (a mutual exchange, or one each way).
+        let both = [(common[1], common[0]), (common[0], common[1])];
+        assert!(placement.settled_by(p, &digests, &both));
         let newcomer = *now.iter().find(|n| !old.contains(n)).expect("a new owner");
-        assert!(!placement.settled_by(p, &digests, &[(newcomer, common[0])]));
+        assert!(!placement.settled_by(p, &digests, &[(newcomer, common[0]), (common[0], newcomer)]));
 
         // Every owner replaced: two new owners must each be linked to the same two old ones.
         let (placement, p, old, now) = settling(&[1, 2, 3], &[4, 5, 6]);
         let (a, b) = (now[0], now[1]);
         let crossed = [(a, old[0]), (a, old[1]), (b, old[2])];
         assert!(!placement.settled_by(p, &[], &crossed), "a write on old[0] and old[1] never reached b");
-        let covered = [(a, old[0]), (a, old[1]), (old[0], b), (b, old[1])];
+        let backwards = [(a, old[0]), (a, old[1]), (old[0], b), (b, old[1])];
+        assert!(!placement.settled_by(p, &[], &backwards), "old[0] took b's data, not b old[0]'s");
+        let covered = [(a, old[0]), (a, old[1]), (b, old[0]), (b, old[1])];
         assert!(placement.settled_by(p, &[], &covered));
     }
 
@@ -888,7 +890,7 @@ mod tests {
             Arc::new(Settling::from([(p, vec![vec![NodeId(id(1)), NodeId(id(2))]])])),
             3,
         );
-        let linked = [(NodeId(id(1)), NodeId(id(3)))];
+        let linked = [(NodeId(id(3)), NodeId(id(1)))];
         assert!(later.settled_by(p, &[], &linked), "the two-member set settles on one of its members");
     }
 }

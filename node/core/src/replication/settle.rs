@@ -20,7 +20,7 @@ use shoal_membership::Partition;
 use shoal_storage::NodeId;
 
 use super::digests::PartitionSet;
-use super::messages::{PartitionOwners, Reply, Request, RpcError, SyncRpc};
+use super::messages::{Exchanged, PartitionOwners, Reply, Request, RpcError, SyncRpc};
 use super::placement::{Findings, Placement, Sources, same_owners};
 use super::quorum::{Op, Outgoing};
 
@@ -61,8 +61,8 @@ pub struct SettleCheck {
     /// Per token: what was asked, about which partitions (in the order of the answer).
     asked: HashMap<u64, Asked>,
     digests: BTreeMap<Partition, Vec<(NodeId, u64)>>,
-    /// Per partition, pairs of owners one of which completed an exchange with the other
-    /// since the partition began settling.
+    /// Per partition, pairs of owners `(a, b)` where `a` came to hold everything `b` held,
+    /// by an exchange that started since exchange evidence counts for the partition.
     synced: BTreeMap<Partition, Vec<(NodeId, NodeId)>>,
     /// When the questions went out.
     now_us: u64,
@@ -90,7 +90,7 @@ impl SettleCheck {
         max: usize,
         now_us: u64,
         since_us: BTreeMap<Partition, u64>,
-        exchanges: &BTreeMap<Partition, Vec<(NodeId, u64)>>,
+        exchanges: &BTreeMap<Partition, Vec<Exchanged>>,
     ) -> SettleCheck {
         let mut per_node: BTreeMap<NodeId, Vec<Partition>> = BTreeMap::new();
         let mut checked = 0;
@@ -163,14 +163,23 @@ impl SettleCheck {
 }
 
 impl SettleCheck {
-    /// Takes in the exchanges `node` says it completed of `partition`: those that started
-    /// since the partition began settling here link `node` with their peer. The age was
+    /// Takes in the exchanges `node` says it completed of `partition`: one that started
+    /// since exchange evidence counts for the partition here links `node` to its peer (`node`
+    /// came to hold what the peer held), and a mutual one the peer to `node` too. The age was
     /// measured when `node` answered, which is after the questions went out, so counting
     /// it back from then dates each exchange no later than it really started.
-    fn linked(&mut self, node: NodeId, partition: Partition, exchanges: &[(NodeId, u64)]) {
+    fn linked(&mut self, node: NodeId, partition: Partition, exchanges: &[Exchanged]) {
         let Some(since) = self.since_us.get(&partition) else { return };
-        let recent = exchanges.iter().filter(|(_, age)| self.now_us.saturating_sub(*age) >= *since);
-        let pairs: Vec<(NodeId, NodeId)> = recent.map(|(peer, _)| (node, *peer)).collect();
+        let counts = |age: u64| self.now_us.saturating_sub(age) >= *since;
+        let mut pairs = Vec::new();
+        for exchange in exchanges {
+            if counts(exchange.pulled_age_us) {
+                pairs.push((node, exchange.peer));
+            }
+            if exchange.mutual_age_us.is_some_and(counts) {
+                pairs.push((exchange.peer, node));
+            }
+        }
         if !pairs.is_empty() {
             self.synced.entry(partition).or_default().extend(pairs);
         }

@@ -11,7 +11,9 @@
 //! 3. **Listing**: the entries of each differing leaf (a leaf with more than a page is opened
 //!    further instead).
 //! 4. **Repair**: records that differ are fetched from both sides and each side is sent the
-//!    merge where it lacks it; blocks one side lacks are copied to it.
+//!    merge where it lacks it; blocks one side lacks are copied to it, or, in the exchanges
+//!    of the schedule ([`SyncSession::pulling`]), only to this node: the peer's own exchanges
+//!    fill the peer, so two exchanges running at once never copy the same block twice.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -56,10 +58,14 @@ pub struct SyncReport {
     pub unrepaired_blocks: u64,
     /// Why the exchange stopped early, if it did (what was repaired before stays repaired).
     pub failure: Option<String>,
-    /// Whether each side ended holding everything either held when asked: no failure, no
-    /// block gone missing meanwhile, no leaf compared in part. Only a complete exchange is
-    /// evidence for a settling partition (docs/ARCHITECTURE.md §5).
+    /// Whether this node ended holding everything either held when asked (and, but for the
+    /// blocks a pulling exchange leaves, so did the peer): no failure, no block gone missing
+    /// meanwhile, no leaf compared in part. Only a complete exchange is evidence for a
+    /// settling partition (docs/ARCHITECTURE.md §5).
     pub complete: bool,
+    /// Whether it was complete and the peer, too, ended holding everything either held: it
+    /// lacked no block this node held (or they were copied to it).
+    pub mutual: bool,
 }
 
 /// A question put to both sides, waiting for both answers.
@@ -126,15 +132,19 @@ pub struct SyncSession {
     allowance: u64,
     /// What one copy is charged before its size is known: the largest block.
     block_cost: u64,
+    /// Whether blocks the peer lacks are copied to it too (a hand-over), or left to the
+    /// peer's own exchanges.
+    both_ways: bool,
     report: SyncReport,
     outcome: Option<SyncReport>,
     done: bool,
 }
 
 impl SyncSession {
-    /// An exchange between `this` and `peer` over `partitions`, copying blocks of at most
-    /// `block_cost` bytes with up to `transfers_max` in flight, each charged to the allowance
-    /// [`grant`](SyncSession::grant) gives it. [`SyncSession::unbounded`] has no limit.
+    /// An exchange between `this` and `peer` over `partitions` that brings both sides to
+    /// the merge, copying blocks of at most `block_cost` bytes with up to `transfers_max` in
+    /// flight, each charged to the allowance [`grant`](SyncSession::grant) gives it.
+    /// [`SyncSession::unbounded`] has no limit.
     pub fn new(
         this: NodeId,
         peer: NodeId,
@@ -142,7 +152,31 @@ impl SyncSession {
         transfers_max: usize,
         block_cost: u64,
     ) -> SyncSession {
-        let report = SyncReport { peer, partitions: partitions.len(), complete: true, ..SyncReport::default() };
+        SyncSession::with_copies(this, peer, partitions, transfers_max, block_cost, true)
+    }
+
+    /// Like [`new`](SyncSession::new), but blocks are copied only into `this`: records still
+    /// go both ways (they are small), and the report says whether the peer lacked anything.
+    pub fn pulling(
+        this: NodeId,
+        peer: NodeId,
+        partitions: PartitionSet,
+        transfers_max: usize,
+        block_cost: u64,
+    ) -> SyncSession {
+        SyncSession::with_copies(this, peer, partitions, transfers_max, block_cost, false)
+    }
+
+    fn with_copies(
+        this: NodeId,
+        peer: NodeId,
+        partitions: PartitionSet,
+        transfers_max: usize,
+        block_cost: u64,
+        both_ways: bool,
+    ) -> SyncSession {
+        let report =
+            SyncReport { peer, partitions: partitions.len(), complete: true, mutual: true, ..SyncReport::default() };
         let mut session = SyncSession {
             this,
             peer,
@@ -160,6 +194,7 @@ impl SyncSession {
             transfers_max: transfers_max.max(1),
             allowance: 0,
             block_cost,
+            both_ways,
             report,
             outcome: None,
             done: false,
@@ -256,6 +291,7 @@ impl SyncSession {
         if !self.done {
             self.done = true;
             self.report.complete &= failure.is_none();
+            self.report.mutual &= self.report.complete;
             if failure.is_some() {
                 let left = self.progress();
                 self.report.unrepaired_records = left.records_pending;
@@ -350,7 +386,11 @@ impl SyncSession {
             match key {
                 EntryKey::Block(hash) => {
                     let lacking = if mine.contains_key(key) { self.peer } else { self.this };
-                    self.blocks.push_back((*hash, lacking));
+                    if lacking == self.peer && !self.both_ways {
+                        self.report.mutual = false;
+                    } else {
+                        self.blocks.push_back((*hash, lacking));
+                    }
                 }
                 record => {
                     self.records.insert(record.clone());
@@ -653,6 +693,28 @@ mod tests {
         // Nothing left to do.
         let again = cluster.run(0, SyncSession::unbounded(A, B, all()));
         assert_eq!((again.round_trips, again.differences), (1, 0));
+    }
+
+    #[test]
+    fn a_pulling_exchange_copies_blocks_only_into_the_node_that_runs_it_and_says_the_peer_still_lacks_some() {
+        let cluster = twins();
+        let (a, b) = (cluster.store(A), cluster.store(B));
+        let only_a = a.store_block(b"only on A").expect("block");
+        let only_b = b.store_block(b"only on B").expect("block");
+        b.merge_records(&[file("/only-b", 5)]).expect("only on B");
+        let pulling = |this, peer| SyncSession::pulling(this, peer, all(), 2, 0);
+        let report = cluster.run(0, pulling(A, B));
+        assert!(report.complete && !report.mutual, "{report:?}");
+        assert_eq!((report.blocks_pulled, report.blocks_pushed), (1, 0));
+        assert!(a.has_block(&only_b).expect("has"));
+        assert!(!b.has_block(&only_a).expect("has"), "the peer fills itself");
+        assert!(a.get_file("/only-b").expect("get").is_some(), "records still go both ways");
+        // The peer's own exchange fills it; then both hold the same, and say so.
+        let report = cluster.run(0, pulling(B, A));
+        assert_eq!((report.blocks_pulled, report.mutual), (1, true));
+        let report = cluster.run(0, pulling(A, B));
+        assert!(report.mutual && report.differences == 0, "{report:?}");
+        assert_eq!(roots(a), roots(b));
     }
 
     #[test]
