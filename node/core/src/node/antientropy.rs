@@ -12,7 +12,7 @@
 //! [`CoreConfig::settle_interval`](super::CoreConfig::settle_interval) the node looks for the
 //! evidence that they have ([`SettleCheck`]): that is how a transition ends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use shoal_membership::{PARTITIONS, Partition};
@@ -44,6 +44,8 @@ pub(crate) struct SyncState {
     /// What is left of this round of the schedule: indexes into `peers`, the peer sharing
     /// the most partitions short of confirmed copies first.
     round: Vec<usize>,
+    /// The co-owners this round has visited (or passed over, their address unknown).
+    visited: BTreeSet<NodeId>,
     /// Whether an exchange is in flight.
     running: bool,
     /// The placement the peers below were computed for.
@@ -236,15 +238,24 @@ impl<S: Store> NodeCore<S> {
         let placement = self.view.placement();
         if !self.sync.placement.as_ref().is_some_and(|known| Arc::ptr_eq(known, &placement)) {
             self.sync.peers = co_owners(self.this, &placement);
+            self.sync.meter.keep_peers(&self.sync.peers);
             self.sync.placement = Some(placement.clone());
-            self.sync.round.clear();
+            // The round goes on under the new placement: one that moves every few seconds
+            // (a long transition) would otherwise restart it each time, and the co-owners
+            // last in its order would wait for ever.
+            let visited = &self.sync.visited;
+            let peers = &self.sync.peers;
+            let left = self.round_order(&placement).into_iter().filter(|i| !visited.contains(&peers[*i].0));
+            self.sync.round = left.collect();
         }
         if self.sync.round.is_empty() {
+            self.sync.visited.clear();
             self.sync.round = self.round_order(&placement);
         }
         while !self.sync.round.is_empty() {
             let index = self.sync.round.remove(0);
             let Some((peer, shared)) = self.sync.peers.get(index) else { continue };
+            self.sync.visited.insert(*peer);
             if self.view.rpc_addr(*peer).is_some() {
                 return Some((*peer, shared.clone()));
             }

@@ -84,6 +84,12 @@ impl RepairMeter {
         self.block_bytes += report.block_bytes;
         self.leftover.insert(report.peer, (report.unrepaired_records, report.unrepaired_blocks));
     }
+
+    /// Forgets what exchanges with members that are no longer co-owners left: no exchange
+    /// will repair it, and another co-owner's exchange lists it again if it is still due.
+    pub(crate) fn keep_peers(&mut self, peers: &[(NodeId, crate::replication::PartitionSet)]) {
+        self.leftover.retain(|peer, _| peers.iter().any(|(known, _)| known == peer));
+    }
 }
 
 impl<S: Store> NodeCore<S> {
