@@ -184,11 +184,19 @@ async fn four_processes_repair_missed_writes_evictions_returns_and_a_wiped_disk_
         std::fs::remove_dir_all(others[2].data_dir.join(sub)).expect("wipe D's store");
     }
     others[2].restart().expect("D restarts on an empty disk");
+    // D knows it lost its store (its identity is kept): it refuses reads until refilled.
+    let marker = others[2].data_dir.join("store_lost");
+    assert!(marker.exists(), "D marks its store lost before it makes a new one");
     let mut all: Vec<&ShoalProcess> = vec![&a];
     all.extend(others.iter());
     wait_for_ring(&all, 4).await;
     wait_until_repaired(&all).await;
     wait_for_full_redundancy(&all, "after D's disk was wiped").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while marker.exists() {
+        assert!(Instant::now() < deadline, "D never reported its store refilled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     others[2].kill9();
     assert_exactly_on_owners(&ring, &[(d_id, &others[2])], "D after its disk was wiped");
 }

@@ -2,10 +2,10 @@
 //! answers for, how many copies its anti-entropy exchanges confirmed; what it knows is still
 //! to repair; how fast repair goes. `shoal status` adds up every node's account.
 //!
-//! A copy is *confirmed* when an exchange of the partition with that owner completed
-//! recently: both then held what either held when it started. This node's own copy counts
-//! once any exchange confirmed it; a node that confirmed nothing (just wiped, or every
-//! co-owner away) holds one copy as far as it can tell.
+//! A copy is *confirmed* when a mutual exchange of the partition with that owner completed
+//! recently: both then held what either held when it started. A node that confirmed nothing
+//! (every co-owner away) holds one copy as far as it can tell, and one that lost its store
+//! none until it has refilled the partition.
 
 use std::collections::VecDeque;
 
@@ -165,7 +165,7 @@ impl<S: Store> NodeCore<S> {
 
     /// Copies of `partition` (owned by `owners`) confirmed by mutual exchanges (each side
     /// then held what either held) that started within `window` µs before `now_us`, this
-    /// node's own included.
+    /// node's own included unless it is still refilling it after losing its store.
     pub(super) fn confirmed_copies(&self, partition: Partition, owners: &[NodeId], now_us: u64, window: u64) -> u64 {
         let recent = self.sync.exchanges.get(&partition);
         let confirmed = owners
@@ -176,7 +176,8 @@ impl<S: Store> NodeCore<S> {
                 mutual.is_some_and(|at| now_us.saturating_sub(at) <= window)
             })
             .count() as u64;
-        1 + confirmed
+        let own = self.sync.refill.as_ref().is_none_or(|refill| !refill.pending(partition));
+        u64::from(own) + confirmed
     }
 
     /// How recent an exchange must be to confirm a copy: a few rounds of the schedule, which

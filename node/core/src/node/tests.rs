@@ -10,7 +10,7 @@ use shoal_storage::{MemStore, NodeId};
 
 use super::*;
 use crate::files::FileError;
-use crate::replication::Quorum;
+use crate::replication::{Quorum, RecordKey, RecordRpc, Refusal};
 
 const NOW: u64 = 1_700_000_000_000_000;
 
@@ -160,4 +160,25 @@ fn a_malformed_owner_sets_request_is_refused_not_a_panic() {
     let reply = core.poll_peer_reply().expect("answered at once");
     assert_eq!(reply.id, id);
     assert!(matches!(reply.reply, Reply::Refused(_)), "{:?}", reply.reply);
+}
+
+#[test]
+fn a_node_that_lost_its_store_founds_no_cluster_of_its_own_and_refuses_reads_until_refilled() {
+    let this = NodeId(view(0, MemberState::Alive).identity.node_id);
+    let store = Arc::new(MemStore::new(1 << 30));
+    // No seeds and no memory, as the first node of a cluster restarted on a wiped disk.
+    let mut core = NodeCore::new(NOW, this, config(), store, Default::default(), false, true);
+    assert!(!core.is_ready(), "it waits to see a member instead of forming a cluster of one");
+    core.handle_membership(NOW, vec![view(0, MemberState::Alive), view(1, MemberState::Alive)]);
+    assert!(core.is_ready());
+    assert!(core.durability(NOW).refilling > 0);
+
+    let read = Request::Record(RecordRpc::Read(RecordKey::File("/a".into())));
+    let id = core.handle_peer_request(NOW, read);
+    let reply = core.poll_peer_reply().expect("answered at once");
+    assert_eq!((reply.id, reply.reply), (id, Reply::Refused(Refusal::Refilling)));
+    // Writes it takes as usual: a store job serves them.
+    core.handle_peer_request(NOW, Request::Record(RecordRpc::Merge(Vec::new())));
+    assert!(core.poll_peer_reply().is_none());
+    assert!(core.poll_store_job().is_some());
 }
