@@ -157,9 +157,17 @@ impl<S: Store> NodeCore<S> {
         self.sync.running = true;
         self.sync.exchange = Some((now_us, partitions.clone()));
         let (transfers, cost) = (self.config.repair_transfers_max, self.config.block_size_bytes as u64);
-        // Blocks only come in: the peer fills itself in its own exchanges, so several
-        // exchanges with one lacking node never copy it the same block twice.
-        let session = SyncSession::pulling(self.this, peer, partitions, transfers, cost);
+        // Out of transitions, blocks only come in: the peer fills itself in its own exchanges
+        // with this node, so a wiped node's co-owners never copy it the same block twice.
+        // While a shared partition settles, views may differ on who owns it (a previous owner
+        // this node learned of may be unknown to a current owner, which then never pulls from
+        // it), so both sides are filled, as a hand-over does.
+        let settling = self.view.placement();
+        let session = if partitions.iter().any(|partition| settling.settling().contains_key(&partition)) {
+            SyncSession::new(self.this, peer, partitions, transfers, cost)
+        } else {
+            SyncSession::pulling(self.this, peer, partitions, transfers, cost)
+        };
         let id = self.start_op(now_us, Purpose::Sync, AnyOp::Sync(Box::new(session)));
         self.sync.budget.repairing = Some(id);
     }
