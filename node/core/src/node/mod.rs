@@ -240,10 +240,7 @@ impl<S: Store> NodeCore<S> {
         lost_store: bool,
     ) -> NodeCore<S> {
         assert!(config.validate().is_ok(), "invalid core config: {:?}", config.validate());
-        let was_alone =
-            !remembered.members.is_empty() && remembered.members.iter().all(|member| member.node_id == this.0);
-        let waits = has_seeds || (lost_store && !was_alone);
-        let view = ViewState::new(now_us, this, &config, remembered, waits);
+        let view = ViewState::new(now_us, this, &config, remembered, has_seeds, lost_store);
         let mut core = NodeCore {
             this,
             coordinator: Coordinator::new(this, config.block_size_bytes),

@@ -43,8 +43,14 @@ impl ViewState {
         config: &CoreConfig,
         remembered: ClusterMemory,
         has_seeds: bool,
+        lost_store: bool,
     ) -> ViewState {
         let ms = |duration| micros(duration) / 1000;
+        // A node that lost its store waits as if it had seeds, unless it remembers being
+        // alone: with no memory it would otherwise found a cluster of one.
+        let remembered_alone =
+            !remembered.members.is_empty() && remembered.members.iter().all(|member| member.node_id == this.0);
+        let has_seeds = has_seeds || (lost_store && !remembered_alone);
         let mut tracker = PlacementTracker::new(this, config.quorum, ms(config.evict_after), remembered, now_us / 1000);
         if !has_seeds {
             tracker.joined();
